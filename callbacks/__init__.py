@@ -1,0 +1,1 @@
+"""Lightning callbacks of mql-lightning (installed as ``mql_lightning.callbacks``)."""

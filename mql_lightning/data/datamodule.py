@@ -1,0 +1,269 @@
+"""The environment-interaction DataModule: task splits, collection, replay, and the update stream of Alg. 1."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import lightning as L
+import numpy as np
+import torch
+
+from mql_lightning.data.collector import Collector, Episode, Policy
+from mql_lightning.data.replay import EpisodeReplay, ReplayBatch
+from mql_lightning.envs import make_env, make_task_splits
+
+Split = Literal["train", "val", "test"]
+_SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
+
+
+@dataclass
+class Progress:
+    """Counters of environment interaction, saved in checkpoints."""
+
+    env_steps: int = 0
+    episodes: int = 0
+    iterations: int = 0
+    updates_left: int = 0
+    next_validation_at: int = 0
+    last_rollout_return: float = float("nan")
+
+
+class MetaRLDataModule(L.LightningDataModule):
+    """Owns the task family, its splits, the collector and the replay buffer; yields one batch per update.
+
+    One training iteration (Alg. 1) collects ``episodes_per_iteration`` episodes on training tasks drawn uniformly
+    with replacement, with the current policy plus Gaussian exploration noise (random actions during warm-up), then
+    serves ``updates_per_iteration`` replay batches. Collection and sampling happen when the update asks for its
+    batch, never ahead of it (DESIGN decision 11): the model's ``training_step`` pulls from the stream itself.
+
+    The stream ends a Lightning epoch every ``val_every_env_steps`` environment steps, so validation runs on an
+    interval counted in environment steps, and stops training once ``max_env_steps`` are collected. All randomness
+    comes from generators seeded from the run seed (``seed_everything``), so runs are reproducible on CPU.
+
+    Args:
+        env_id: Registered task family, e.g. ``mql/PointRobot-v0``.
+        env_kwargs: Extra keyword arguments for ``gymnasium.make``.
+        num_train_tasks: Meta-training tasks.
+        num_val_tasks: Validation tasks (held out).
+        num_test_tasks: Test tasks (held out, for ``mql test``).
+        task_seed: Seed of the task splits, independent of the run seed.
+        ood: Out-of-distribution splits: train and held-out tasks from disjoint regions of the family.
+        history_length: Context window H (transitions seen by the context encoder).
+        replay_capacity: Replay transitions kept in total, split evenly over the training tasks.
+        batch_size: Transitions per gradient update.
+        task_weighting: ``task``: each batch averages over tasks uniformly (Eq. 15, the paper); ``transition``:
+            uniform over stored transitions (the authors' code).
+        warmup_steps: Environment steps of uniformly random actions before the first update.
+        episodes_per_iteration: Episodes collected per iteration, stepped in lockstep.
+        updates_per_iteration: Gradient updates per iteration; ``None`` gives one update per collected step.
+        exploration_noise: Std of the Gaussian noise on the policy's actions while collecting.
+        max_env_steps: Training budget in environment steps.
+        val_every_env_steps: Validation interval in environment steps.
+        validate_at_start: Also validate the untrained policy at step 0.
+        eval_episodes: Evaluation episodes per held-out task.
+        eval_history_length: Context window at evaluation; ``None`` uses ``history_length``.
+    """
+
+    def __init__(
+        self,
+        env_id: str = "mql/PointRobot-v0",
+        env_kwargs: dict[str, Any] | None = None,
+        num_train_tasks: int = 40,
+        num_val_tasks: int = 10,
+        num_test_tasks: int = 10,
+        task_seed: int = 1337,
+        ood: bool = False,
+        history_length: int = 10,
+        replay_capacity: int = 1_000_000,
+        batch_size: int = 256,
+        task_weighting: Literal["task", "transition"] = "task",
+        warmup_steps: int = 2_000,
+        episodes_per_iteration: int = 1,
+        updates_per_iteration: int | None = None,
+        exploration_noise: float = 0.3,
+        max_env_steps: int = 20_000,
+        val_every_env_steps: int = 2_000,
+        validate_at_start: bool = True,
+        eval_episodes: int = 4,
+        eval_history_length: int | None = None,
+    ) -> None:
+        super().__init__()
+        _check_positive(
+            num_train_tasks=num_train_tasks, history_length=history_length, replay_capacity=replay_capacity,
+            batch_size=batch_size, episodes_per_iteration=episodes_per_iteration, max_env_steps=max_env_steps,
+            val_every_env_steps=val_every_env_steps, eval_episodes=eval_episodes,
+        )
+        _check_positive(updates_per_iteration=updates_per_iteration, eval_history_length=eval_history_length,
+                        optional=True)
+        if warmup_steps < 0 or exploration_noise < 0 or num_val_tasks < 0 or num_test_tasks < 0:
+            raise ValueError("warmup_steps, exploration_noise, num_val_tasks and num_test_tasks must be >= 0")
+        if task_weighting not in ("task", "transition"):
+            raise ValueError(f"task_weighting must be 'task' or 'transition', got {task_weighting!r}")
+        self.save_hyperparameters()
+        self.env_id, self.env_kwargs = env_id, dict(env_kwargs or {})
+        self.history_length = history_length
+        self.eval_history_length = eval_history_length or history_length
+        self.batch_size, self.task_weighting = batch_size, task_weighting
+        self.warmup_steps, self.max_env_steps = warmup_steps, max_env_steps
+        self.episodes_per_iteration, self.updates_per_iteration = episodes_per_iteration, updates_per_iteration
+        self.exploration_noise, self.eval_episodes = exploration_noise, eval_episodes
+        self.val_every_env_steps, self.validate_at_start = val_every_env_steps, validate_at_start
+        self.replay_capacity = replay_capacity
+
+        # Dimensions and splits are known right away: LightningCLI links obs_dim/action_dim into the model.
+        probe = make_env(env_id, **self.env_kwargs)
+        self.obs_dim = int(np.prod(probe.observation_space.shape))
+        self.action_dim = int(np.prod(probe.action_space.shape))
+        self.tasks = make_task_splits(probe, num_train_tasks, num_val_tasks, num_test_tasks, task_seed, ood=ood)
+        probe.close()
+
+        self.progress = Progress(next_validation_at=0 if validate_at_start else val_every_env_steps)
+        self.replay: EpisodeReplay | None = None
+        self._collector: Collector | None = None
+        self._eval_collector: Collector | None = None
+        self._rng: np.random.Generator | None = None
+        self._sample_generator: torch.Generator | None = None
+        self._eval_seed = 0
+
+    # ----------------------------------------------------------------------------------------------------- setup
+    def setup(self, stage: str) -> None:
+        """Create collectors, generators and (for ``fit``) the replay buffer; idempotent."""
+        if self._eval_collector is None:
+            # Every stream gets its own child of the run seed: collection, replay sampling and evaluation never
+            # consume each other's random numbers.
+            collect_seq, sample_seq, eval_seq = np.random.SeedSequence(torch.initial_seed()).spawn(3)
+            self._rng = np.random.default_rng(collect_seq)
+            self._sample_generator = torch.Generator().manual_seed(int(sample_seq.generate_state(1)[0]))
+            self._eval_seed = int(eval_seq.generate_state(1)[0])
+            self._collector = Collector(self._make_env, self.obs_dim, self.action_dim, self.history_length)
+            self._eval_collector = Collector(self._make_env, self.obs_dim, self.action_dim, self.eval_history_length)
+        if stage == "fit" and self.replay is None:
+            capacity = max(1, self.replay_capacity // len(self.tasks.train))
+            self.replay = EpisodeReplay(
+                len(self.tasks.train), capacity, self.obs_dim, self.action_dim, self.history_length
+            )
+
+    def teardown(self, stage: str) -> None:
+        """Close the environments."""
+        for collector in (self._collector, self._eval_collector):
+            if collector is not None:
+                collector.close()
+
+    def _make_env(self):
+        return make_env(self.env_id, **self.env_kwargs)
+
+    # --------------------------------------------------------------------------------------------- loaders
+    def train_dataloader(self) -> Iterator[ReplayBatch]:
+        """The update stream: an iterator of replay batches that ends each validation period."""
+        return _UpdateStream(self)
+
+    def val_dataloader(self) -> list[int]:
+        """One batch per validation task: its index."""
+        return list(range(len(self.tasks.val)))
+
+    def test_dataloader(self) -> list[int]:
+        """One batch per test task: its index."""
+        return list(range(len(self.tasks.test)))
+
+    # ------------------------------------------------------------------------------------------ the Alg. 1 loop
+    def next_batch(self) -> ReplayBatch:
+        """Serve the next update's batch, collecting the next iteration's episodes first when one is due.
+
+        Raises:
+            StopIteration: At a validation boundary or when the budget is spent (then ``trainer.should_stop``).
+        """
+        progress = self.progress
+        if progress.updates_left == 0:
+            if progress.env_steps >= self.max_env_steps:
+                if self.trainer is not None:
+                    self.trainer.should_stop = True
+                raise StopIteration
+            if progress.env_steps >= progress.next_validation_at:
+                interval = self.val_every_env_steps
+                progress.next_validation_at = (progress.env_steps // interval + 1) * interval
+                raise StopIteration
+            collected = self._collect_iteration()
+            progress.updates_left = self.updates_per_iteration or collected
+        progress.updates_left -= 1
+        return self.replay.sample(self.batch_size, self._sample_generator, task_weighting=self.task_weighting)
+
+    def _collect_iteration(self) -> int:
+        """Warm up with random actions if still due, then collect one iteration's episodes with the policy."""
+        n_train, n_eps = len(self.tasks.train), self.episodes_per_iteration
+        while self.progress.env_steps < self.warmup_steps:
+            # Cycle through the training tasks so every task has data before the first update.
+            ids = [(self.progress.episodes + k) % n_train for k in range(n_eps)]
+            self._store(self._collector.rollout([self.tasks.train[i] for i in ids], ids, self._rng))
+        ids = self._rng.integers(0, n_train, size=n_eps).tolist()
+        episodes = self._collector.rollout(
+            [self.tasks.train[i] for i in ids], ids, self._rng, self._policy(), self.exploration_noise
+        )
+        self.progress.iterations += 1
+        self.progress.last_rollout_return = float(np.mean([ep.ret for ep in episodes]))
+        return self._store(episodes)
+
+    def _store(self, episodes: list[Episode]) -> int:
+        for ep in episodes:
+            self.replay.add_episode(ep.task, ep.obs, ep.actions, ep.rewards, ep.next_obs, ep.terminated)
+        steps = sum(ep.length for ep in episodes)
+        self.progress.env_steps += steps
+        self.progress.episodes += len(episodes)
+        return steps
+
+    def _policy(self) -> Policy:
+        return self.trainer.lightning_module.act
+
+    # ---------------------------------------------------------------------------------------------- evaluation
+    def evaluate(self, policy: Policy, split: Split, index: int) -> dict[str, float]:
+        """Evaluate a deterministic policy for ``eval_episodes`` episodes on one held-out task.
+
+        The episodes start from the same states at every call (seeded by split and task index, not by the
+        training RNG), so successive validations compare like with like and never perturb training.
+
+        Returns:
+            ``{"return": mean undiscounted return, "length": mean episode length}``.
+        """
+        task = getattr(self.tasks, split)[index]
+        rng = np.random.default_rng([self._eval_seed, _SPLIT_CODES[split], index])
+        episodes = self._eval_collector.rollout([task] * self.eval_episodes, [index] * self.eval_episodes, rng, policy)
+        return {
+            "return": float(np.mean([ep.ret for ep in episodes])),
+            "length": float(np.mean([ep.length for ep in episodes])),
+        }
+
+    # ---------------------------------------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """Counters and RNG states (plain Python values and tensors only: loads with ``weights_only=True``)."""
+        state: dict[str, Any] = {"progress": asdict(self.progress)}
+        if self._rng is not None:
+            state["rng"] = self._rng.bit_generator.state
+            state["sample_generator"] = self._sample_generator.get_state()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore counters and RNG states saved by :meth:`state_dict`."""
+        self.progress = Progress(**state_dict["progress"])
+        if "rng" in state_dict:
+            self.setup("fit")
+            self._rng.bit_generator.state = state_dict["rng"]
+            self._sample_generator.set_state(state_dict["sample_generator"])
+
+
+class _UpdateStream(Iterator[ReplayBatch]):
+    """What the Trainer iterates over: each ``next`` is one update's batch (see :meth:`MetaRLDataModule.next_batch`)."""
+
+    def __init__(self, datamodule: MetaRLDataModule) -> None:
+        self.datamodule = datamodule
+
+    def __next__(self) -> ReplayBatch:
+        return self.datamodule.next_batch()
+
+
+def _check_positive(optional: bool = False, **values: int | None) -> None:
+    for name, value in values.items():
+        if value is None and optional:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")

@@ -1,0 +1,553 @@
+"""Multi-task episode replay: transitions stored once, context windows gathered at sample time.
+
+The authors' MQL code stores two flattened H-step histories with every transition (≈ 6 KB per
+cheetah transition, 42 KB for ant-goal; ``reference/original-mql.md`` §1.2). Here every transition
+is stored exactly once, contiguously per task, together with its step-in-episode, and the history
+windows are rebuilt with one vectorised gather per batch (DESIGN decision 6).
+
+Context convention (the authors'): the context entry of transition ``j`` is
+``e_j = concat(a_j, r_j, o_j)`` with ``o_j`` the *pre-step* observation, so ``C = A + 1 + O``.
+For transition ``i`` the history is ``e_{i-H} .. e_{i-1}`` (oldest first) and the next-history,
+used with ``next_obs`` for the TD target, is ``e_{i-H+1} .. e_i``. Entries from before the start
+of the episode are zero. One ``(H + 1)``-long gather of ``e_{i-H} .. e_i`` therefore yields both
+windows and, in its last entry, the transition's own action, reward and observation.
+
+This module depends on torch and numpy only: the buffer knows nothing of Lightning or gymnasium.
+"""
+
+from __future__ import annotations
+
+import operator
+import os
+import tempfile
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+__all__ = ["EpisodeReplay", "ReplayBatch"]
+
+# Bumped whenever the state-dict layout changes, so old side files fail loudly instead of silently.
+_STATE_VERSION = 1
+_STATE_KEYS = frozenset(
+    {
+        "version",
+        "num_tasks",
+        "capacity_per_task",
+        "obs_dim",
+        "action_dim",
+        "history_length",
+        "entry",
+        "next_obs",
+        "terminated",
+        "step",
+        "ptr",
+        "size",
+    }
+)
+
+ArrayLike = np.ndarray | torch.Tensor | Sequence[Any]
+
+
+class ReplayBatch(NamedTuple):
+    """A multi-task minibatch with its context windows.
+
+    ``obs``, ``action``, ``reward``, ``history`` and ``next_history`` are views into one gathered
+    ``(B, H + 1, C)`` tensor (that single gather is the point of DESIGN decision 6); treat them as
+    read-only or clone before modifying them in place.
+
+    Attributes:
+        obs: Pre-step observations, ``(B, O)`` float32.
+        action: Actions taken, ``(B, A)`` float32.
+        reward: Rewards received, ``(B,)`` float32.
+        next_obs: Post-step observations, ``(B, O)`` float32.
+        terminated: 1.0 where the episode truly terminated at this step, else 0.0, ``(B,)`` float32.
+            Time-limit truncation is *not* termination (DESIGN decision 7).
+        task: Task index of every sample, ``(B,)`` int64.
+        history: Context window ``e_{i-H} .. e_{i-1}`` for ``(obs, action)``, ``(B, H, C)`` float32.
+        next_history: Context window ``e_{i-H+1} .. e_i`` for ``next_obs``, ``(B, H, C)`` float32.
+    """
+
+    obs: torch.Tensor
+    action: torch.Tensor
+    reward: torch.Tensor
+    next_obs: torch.Tensor
+    terminated: torch.Tensor
+    task: torch.Tensor
+    history: torch.Tensor
+    next_history: torch.Tensor
+
+
+def _positive_int(name: str, value: Any) -> int:
+    try:
+        value = operator.index(value)
+    except TypeError as err:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}") from err
+    if value < 1:
+        raise ValueError(f"{name} must be a positive integer (>= 1), got {value}")
+    return value
+
+
+class EpisodeReplay:
+    """Multi-task replay buffer storing whole episodes, one ring buffer per task.
+
+    Storage is preallocated on CPU in a flat layout, slot ``task * capacity_per_task + position``;
+    per slot it holds the context entry ``e = (a, r, o)`` (``C`` float32), ``next_obs`` (``O``
+    float32), ``terminated`` (bool) and the step-in-episode (int32). Each task has its own ring
+    (``ptr``, ``size``): when full, the oldest transitions of that task are overwritten.
+
+    A window entry ``k`` steps back from position ``i`` is real data iff ``k <= step(i)`` (same
+    episode) and ``k <= (i - oldest) mod capacity`` (not overwritten by a newer episode after the
+    ring wrapped; ``oldest = ptr`` when the ring is full, else 0). Otherwise it is zero.
+
+    Args:
+        num_tasks: Number of tasks (rings).
+        capacity_per_task: Transitions kept per task.
+        obs_dim: Observation size ``O``.
+        action_dim: Action size ``A``.
+        history_length: Context window length ``H`` (>= 1).
+
+    Raises:
+        ValueError: If any argument is not a positive integer.
+    """
+
+    def __init__(
+        self,
+        num_tasks: int,
+        capacity_per_task: int,
+        obs_dim: int,
+        action_dim: int,
+        history_length: int,
+    ) -> None:
+        self._set_dims(num_tasks, capacity_per_task, obs_dim, action_dim, history_length)
+        self._allocate()
+
+    # ------------------------------------------------------------------ construction helpers
+
+    def _set_dims(
+        self, num_tasks: int, capacity_per_task: int, obs_dim: int, action_dim: int, history_length: int
+    ) -> None:
+        self._num_tasks = _positive_int("num_tasks", num_tasks)
+        self._capacity = _positive_int("capacity_per_task", capacity_per_task)
+        self._obs_dim = _positive_int("obs_dim", obs_dim)
+        self._action_dim = _positive_int("action_dim", action_dim)
+        self._history_length = _positive_int("history_length", history_length)
+        self._context_dim = self._action_dim + 1 + self._obs_dim
+        n = self._num_tasks * self._capacity
+        # Index of an extra, always-zero entry row: invalid window slots are redirected here so the
+        # zero padding costs no masking multiply, just one index_select (DESIGN decision 6).
+        self._zero_slot = n
+        # Offsets k = H, H-1, ..., 0: oldest first, the transition itself last.
+        self._offsets = torch.arange(self._history_length, -1, -1, dtype=torch.int64)
+
+    def _allocate(self) -> None:
+        n = self._num_tasks * self._capacity
+        self._entry = torch.zeros(n + 1, self._context_dim, dtype=torch.float32)
+        self._next_obs = torch.zeros(n, self._obs_dim, dtype=torch.float32)
+        self._terminated = torch.zeros(n, dtype=torch.bool)
+        self._step = torch.zeros(n, dtype=torch.int32)
+        self._ptr = torch.zeros(self._num_tasks, dtype=torch.int64)
+        self._size = torch.zeros(self._num_tasks, dtype=torch.int64)
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def num_tasks(self) -> int:
+        """Number of tasks (rings)."""
+        return self._num_tasks
+
+    @property
+    def capacity_per_task(self) -> int:
+        """Transitions kept per task."""
+        return self._capacity
+
+    @property
+    def obs_dim(self) -> int:
+        """Observation size ``O``."""
+        return self._obs_dim
+
+    @property
+    def action_dim(self) -> int:
+        """Action size ``A``."""
+        return self._action_dim
+
+    @property
+    def history_length(self) -> int:
+        """Context window length ``H``."""
+        return self._history_length
+
+    @property
+    def context_dim(self) -> int:
+        """Size ``C = A + 1 + O`` of one context entry ``(a, r, o)``."""
+        return self._context_dim
+
+    @property
+    def sizes(self) -> torch.Tensor:
+        """Stored transitions per task, ``(num_tasks,)`` int64 (a copy)."""
+        return self._size.clone()
+
+    @property
+    def bytes_per_transition(self) -> int:
+        """Storage bytes per slot (entry, next_obs, terminated, step); independent of ``H``."""
+        return (
+            self._context_dim * self._entry.element_size()
+            + self._obs_dim * self._next_obs.element_size()
+            + self._terminated.element_size()
+            + self._step.element_size()
+        )
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of storage actually allocated (preallocated, so independent of the fill level)."""
+        tensors = (self._entry, self._next_obs, self._terminated, self._step, self._ptr, self._size)
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def num_transitions(self, task: int | None = None) -> int:
+        """Number of stored transitions, of one task or (``task=None``) of all tasks.
+
+        Args:
+            task: Task index, or ``None`` for the total.
+
+        Returns:
+            The count.
+
+        Raises:
+            ValueError: If ``task`` is out of range.
+        """
+        if task is None:
+            return int(self._size.sum())
+        return int(self._size[self._check_task(task)])
+
+    def __len__(self) -> int:
+        return self.num_transitions()
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(num_tasks={self._num_tasks}, capacity_per_task={self._capacity}, "
+            f"obs_dim={self._obs_dim}, action_dim={self._action_dim}, history_length={self._history_length}, "
+            f"stored={len(self)})"
+        )
+
+    # ------------------------------------------------------------------ writing
+
+    def _check_task(self, task: Any) -> int:
+        try:
+            index = operator.index(task)
+        except TypeError as err:
+            raise ValueError(f"task must be an integer index, got {task!r}") from err
+        if not 0 <= index < self._num_tasks:
+            raise ValueError(f"task index {index} out of range [0, {self._num_tasks})")
+        return index
+
+    @staticmethod
+    def _as_tensor(name: str, value: ArrayLike, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
+        tensor = torch.as_tensor(value).detach().to(device="cpu", dtype=dtype)
+        if tuple(tensor.shape) != shape:
+            raise ValueError(f"{name} must have shape {shape}, got {tuple(tensor.shape)}")
+        return tensor
+
+    def add_episode(
+        self,
+        task: int,
+        obs: ArrayLike,
+        actions: ArrayLike,
+        rewards: ArrayLike,
+        next_obs: ArrayLike,
+        terminated: ArrayLike,
+    ) -> None:
+        """Append one whole episode of ``T`` transitions to a task's ring.
+
+        The episode may have ended by termination or by the time limit; only ``terminated`` is
+        stored, so truncated episodes are bootstrapped through (DESIGN decision 7). Steps-in-episode
+        ``0 .. T-1`` are recorded so history windows never cross episode boundaries.
+
+        Args:
+            task: Task index.
+            obs: Pre-step observations, ``(T, O)``.
+            actions: Actions, ``(T, A)``.
+            rewards: Rewards, ``(T,)``.
+            next_obs: Post-step observations, ``(T, O)``.
+            terminated: True termination flags (not truncation), ``(T,)``; nonzero means terminated.
+
+        Raises:
+            ValueError: On a bad task index, inconsistent shapes, ``T == 0`` or ``T > capacity_per_task``.
+        """
+        task = self._check_task(task)
+        obs_t = torch.as_tensor(obs)
+        if obs_t.ndim != 2:
+            raise ValueError(f"obs must have shape (T, {self._obs_dim}), got {tuple(obs_t.shape)}")
+        t_len = obs_t.shape[0]
+        if t_len == 0:
+            raise ValueError("cannot add an empty episode (T == 0)")
+        if t_len > self._capacity:
+            raise ValueError(f"episode of {t_len} transitions does not fit in capacity_per_task={self._capacity}")
+        obs_t = self._as_tensor("obs", obs_t, torch.float32, (t_len, self._obs_dim))
+        act_t = self._as_tensor("actions", actions, torch.float32, (t_len, self._action_dim))
+        rew_t = self._as_tensor("rewards", rewards, torch.float32, (t_len,))
+        nobs_t = self._as_tensor("next_obs", next_obs, torch.float32, (t_len, self._obs_dim))
+        term_t = self._as_tensor("terminated", terminated, torch.bool, (t_len,))
+
+        ptr = int(self._ptr[task])
+        positions = torch.remainder(torch.arange(ptr, ptr + t_len, dtype=torch.int64), self._capacity)
+        slots = task * self._capacity + positions
+        # Entry layout (a, r, o): the authors' GRU input order (reference/original-mql.md §1.2).
+        self._entry[slots] = torch.cat((act_t, rew_t.unsqueeze(1), obs_t), dim=1)
+        self._next_obs[slots] = nobs_t
+        self._terminated[slots] = term_t
+        self._step[slots] = torch.arange(t_len, dtype=torch.int32)
+        self._ptr[task] = (ptr + t_len) % self._capacity
+        self._size[task] = min(int(self._size[task]) + t_len, self._capacity)
+
+    # ------------------------------------------------------------------ reading
+
+    def gather(self, task: torch.Tensor, position: torch.Tensor) -> ReplayBatch:
+        """Build the batch for explicit ``(task, position-in-task-ring)`` pairs.
+
+        Args:
+            task: Task indices, ``(B,)`` integer tensor.
+            position: Ring positions within each task, ``(B,)`` integer tensor, each ``< sizes[task]``.
+
+        Returns:
+            The :class:`ReplayBatch` for those transitions.
+
+        Raises:
+            ValueError: On mismatched shapes, non-integer dtypes or indices that hold no data.
+        """
+        task = torch.as_tensor(task)
+        position = torch.as_tensor(position)
+        if task.ndim != 1 or position.shape != task.shape:
+            raise ValueError(
+                f"task and position must be 1-D of equal length, got {tuple(task.shape)} and {tuple(position.shape)}"
+            )
+        if any(t.is_floating_point() or t.is_complex() or t.dtype == torch.bool for t in (task, position)):
+            raise ValueError("task and position must be integer tensors")
+        task = task.to(device="cpu", dtype=torch.int64)
+        position = position.to(device="cpu", dtype=torch.int64)
+        if task.numel() > 0:
+            if int(task.min()) < 0 or int(task.max()) >= self._num_tasks:
+                raise ValueError(f"task indices must lie in [0, {self._num_tasks})")
+            if bool((position < 0).any()) or bool((position >= self._size[task]).any()):
+                raise ValueError("position out of range: every position must be < the number stored for its task")
+        return self._gather(task, position)
+
+    def _gather(self, task: torch.Tensor, position: torch.Tensor) -> ReplayBatch:
+        # Hot path (once per gradient update): fully vectorised, one index_select for the windows.
+        cap = self._capacity
+        base = task * cap
+        slot = base + position
+        size = self._size[task]
+        oldest = torch.where(size == cap, self._ptr[task], torch.zeros_like(size))
+        # How far back a window may reach: not before the episode start, and (after the ring has
+        # wrapped) not into slots that a newer episode overwrote.
+        reach = torch.minimum(self._step[slot].to(torch.int64), torch.remainder(position - oldest, cap))
+        window_pos = torch.remainder(position.unsqueeze(1) - self._offsets, cap)
+        window_slot = torch.where(
+            self._offsets <= reach.unsqueeze(1),
+            base.unsqueeze(1) + window_pos,
+            torch.full_like(window_pos, self._zero_slot),
+        )
+        window = self._entry.index_select(0, window_slot.reshape(-1))
+        window = window.view(task.shape[0], self._history_length + 1, self._context_dim)
+        current = window[:, -1]
+        a = self._action_dim
+        return ReplayBatch(
+            obs=current[:, a + 1 :],
+            action=current[:, :a],
+            reward=current[:, a],
+            next_obs=self._next_obs.index_select(0, slot),
+            terminated=self._terminated.index_select(0, slot).to(torch.float32),
+            task=task,
+            history=window[:, :-1],
+            next_history=window[:, 1:],
+        )
+
+    def sample(
+        self,
+        batch_size: int,
+        generator: torch.Generator,
+        tasks: Sequence[int] | torch.Tensor | None = None,
+        task_weighting: str = "task",
+    ) -> ReplayBatch:
+        """Sample a multi-task minibatch uniformly, with replacement.
+
+        Args:
+            batch_size: Number of transitions ``B``.
+            generator: CPU generator; the only source of randomness, so equal seeds give equal batches.
+            tasks: Tasks allowed in the batch (duplicates ignored); ``None`` means all tasks. Allowed
+                tasks holding no data are skipped.
+            task_weighting: ``"task"`` (default; the paper's Eq. 15, the average loss over tasks): pick
+                a task uniformly among the allowed non-empty tasks, then a transition uniformly within
+                it. ``"transition"`` (the authors' code): uniform over all stored transitions of the
+                allowed tasks, so tasks with more data are drawn more often.
+
+        Returns:
+            The sampled :class:`ReplayBatch`.
+
+        Raises:
+            ValueError: On a bad ``batch_size``, ``task_weighting`` or task index, or if no allowed task
+                holds data.
+        """
+        batch_size = _positive_int("batch_size", batch_size)
+        if task_weighting not in ("task", "transition"):
+            raise ValueError(f"task_weighting must be 'task' or 'transition', got {task_weighting!r}")
+        if tasks is None:
+            allowed = torch.nonzero(self._size > 0).squeeze(1)
+        else:
+            allowed = torch.as_tensor(tasks)
+            if allowed.is_floating_point() or allowed.dtype == torch.bool or allowed.ndim > 1:
+                raise ValueError("tasks must be a 1-D sequence of integer task indices")
+            allowed = torch.unique(allowed.reshape(-1).to(device="cpu", dtype=torch.int64))
+            if allowed.numel() > 0 and (int(allowed[0]) < 0 or int(allowed[-1]) >= self._num_tasks):
+                raise ValueError(f"tasks must lie in [0, {self._num_tasks}), got {allowed.tolist()}")
+            allowed = allowed[self._size[allowed] > 0]
+        if allowed.numel() == 0:
+            raise ValueError("cannot sample: none of the allowed tasks holds any transitions")
+        sizes = self._size[allowed]
+        if task_weighting == "task":
+            choice = torch.randint(allowed.numel(), (batch_size,), generator=generator)
+            size = sizes[choice]
+            # float64 uniform keeps floor(u * size) exact and < size for any realistic capacity.
+            u = torch.rand(batch_size, generator=generator, dtype=torch.float64)
+            position = torch.minimum((u * size).to(torch.int64), size - 1)
+        else:
+            cumulative = torch.cumsum(sizes, 0)
+            flat = torch.randint(int(cumulative[-1]), (batch_size,), generator=generator)
+            choice = torch.searchsorted(cumulative, flat, right=True)
+            position = flat - (cumulative[choice] - sizes[choice])
+        return self._gather(allowed[choice], position)
+
+    # ------------------------------------------------------------------ persistence
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return the buffer's state: tensors and Python ints only (loads with ``weights_only=True``).
+
+        The tensors are the live storage, not copies (as with ``nn.Module.state_dict``).
+
+        Returns:
+            A dict with the dimensions, the storage tensors and the per-task ``ptr`` / ``size``.
+        """
+        return {
+            "version": _STATE_VERSION,
+            "num_tasks": self._num_tasks,
+            "capacity_per_task": self._capacity,
+            "obs_dim": self._obs_dim,
+            "action_dim": self._action_dim,
+            "history_length": self._history_length,
+            "entry": self._entry,
+            "next_obs": self._next_obs,
+            "terminated": self._terminated,
+            "step": self._step,
+            "ptr": self._ptr,
+            "size": self._size,
+        }
+
+    def _validated_tensors(self, state: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Check a state dict against this buffer's dims; return its tensors (CPU, right dtype)."""
+        # One exception type (ValueError) for every way a state can fail to fit, so a resuming caller
+        # catches a single error whether the file is foreign, stale or for other dimensions.
+        keys = set(state) if isinstance(state, dict) else set()
+        missing, unexpected = _STATE_KEYS - keys, keys - _STATE_KEYS
+        if missing or unexpected:
+            raise ValueError(
+                f"replay state dict keys mismatch: missing {sorted(missing)}, unexpected {sorted(unexpected)}"
+            )
+        if state["version"] != _STATE_VERSION:
+            raise ValueError(f"unsupported replay state version {state['version']!r} (expected {_STATE_VERSION})")
+        dims = {
+            "num_tasks": self._num_tasks,
+            "capacity_per_task": self._capacity,
+            "obs_dim": self._obs_dim,
+            "action_dim": self._action_dim,
+            "history_length": self._history_length,
+        }
+        wrong = {k: (state[k], v) for k, v in dims.items() if state[k] != v}
+        if wrong:
+            detail = ", ".join(f"{k}: state has {got}, buffer has {want}" for k, (got, want) in wrong.items())
+            raise ValueError(f"replay state does not match this buffer ({detail})")
+        n = self._num_tasks * self._capacity
+        specs = {
+            "entry": ((n + 1, self._context_dim), torch.float32),
+            "next_obs": ((n, self._obs_dim), torch.float32),
+            "terminated": ((n,), torch.bool),
+            "step": ((n,), torch.int32),
+            "ptr": ((self._num_tasks,), torch.int64),
+            "size": ((self._num_tasks,), torch.int64),
+        }
+        out: dict[str, torch.Tensor] = {}
+        for key, (shape, dtype) in specs.items():
+            value = state[key]
+            got = (tuple(value.shape), value.dtype) if isinstance(value, torch.Tensor) else type(value).__name__
+            if got != (shape, dtype):
+                raise ValueError(f"replay state '{key}' is {got}, expected a tensor of shape {shape} and dtype {dtype}")
+            out[key] = value.to("cpu")
+        size, ptr = out["size"], out["ptr"]
+        if bool((size < 0).any() | (size > self._capacity).any() | (ptr < 0).any() | (ptr >= self._capacity).any()):
+            raise ValueError("replay state has ptr/size outside [0, capacity_per_task]")
+        # A ring that has not wrapped yet has its write pointer exactly at its size.
+        if bool(((size < self._capacity) & (ptr != size)).any()):
+            raise ValueError("replay state is inconsistent: ptr != size for a ring that is not full")
+        return out
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Load a state produced by :meth:`state_dict`, copying into this buffer's storage.
+
+        Args:
+            state: The state dict.
+
+        Raises:
+            ValueError: If keys, version, dimensions, shapes or dtypes do not match this buffer.
+        """
+        tensors = self._validated_tensors(state)
+        for key, value in tensors.items():
+            getattr(self, f"_{key}").copy_(value)
+        self._entry[self._zero_slot].zero_()  # the padding row must stay zero whatever was saved
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Atomically save the buffer to ``path`` (temporary file in the same directory, then ``os.replace``).
+
+        Args:
+            path: Destination file.
+        """
+        path = os.fspath(path)
+        directory = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(prefix=".replay-", suffix=".tmp", dir=directory)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                torch.save(self.state_dict(), handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> EpisodeReplay:
+        """Load a buffer saved with :meth:`save` (``torch.load(weights_only=True)``).
+
+        The loaded tensors are adopted rather than copied into fresh storage, so a large buffer
+        does not need twice its size in memory while loading.
+
+        Args:
+            path: File written by :meth:`save`.
+
+        Returns:
+            The restored buffer.
+
+        Raises:
+            ValueError: If the file does not hold a valid replay state.
+        """
+        state = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+        dim_keys = ("num_tasks", "capacity_per_task", "obs_dim", "action_dim", "history_length")
+        if not (isinstance(state, dict) and all(k in state for k in dim_keys)):
+            raise ValueError(f"{path} does not hold an EpisodeReplay state dict")
+        dims = [state[k] for k in dim_keys]
+        buffer = cls.__new__(cls)
+        buffer._set_dims(*dims)
+        tensors = buffer._validated_tensors(state)
+        for key, value in tensors.items():
+            setattr(buffer, f"_{key}", value.contiguous())
+        buffer._entry[buffer._zero_slot].zero_()
+        return buffer

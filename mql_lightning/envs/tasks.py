@@ -1,0 +1,104 @@
+"""Train / validation / test task splits, fixed by a task seed (DESIGN decision 8)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium
+import numpy as np
+
+from mql_lightning.envs.base import MetaEnv
+
+__all__ = ["TaskSplits", "make_task_splits"]
+
+
+def _task_key(task: dict[str, Any]) -> str:
+    # Tasks are plain dicts (unhashable); their canonical JSON is a hashable identity.
+    return json.dumps(task, sort_keys=True)
+
+
+@dataclass(frozen=True)
+class TaskSplits:
+    """Disjoint train, validation and test task lists.
+
+    Attributes:
+        train: Meta-training tasks.
+        val: Validation tasks (adapted to during validation).
+        test: Test tasks (adapted to under ``mql test``).
+
+    Raises:
+        ValueError: If a task appears in two splits.
+    """
+
+    train: list[dict[str, Any]]
+    val: list[dict[str, Any]]
+    test: list[dict[str, Any]]
+
+    def __post_init__(self) -> None:
+        seen: dict[str, str] = {}
+        for name in ("train", "val", "test"):
+            for key in {_task_key(task) for task in getattr(self, name)}:
+                if key in seen:
+                    raise ValueError(f"task {key} appears in both the {seen[key]} and {name} splits")
+                seen[key] = name
+
+
+def make_task_splits(
+    env: gymnasium.Env, num_train: int, num_val: int, num_test: int, seed: int, ood: bool = False
+) -> TaskSplits:
+    """Draw the train, validation and test tasks of a task family.
+
+    In-distribution, one draw of ``num_train + num_val + num_test`` tasks from region ``"all"`` with ``seed`` is
+    sliced in order train, val, test. Out-of-distribution, train comes from ``"ood_train"`` and val + test from one
+    draw from ``"ood_test"`` (sliced val, test), each draw with its own child of ``np.random.SeedSequence(seed)``.
+    Either way the splits depend on the task seed alone, not on any run seed.
+
+    Args:
+        env: A task-family env, possibly wrapped (its ``unwrapped`` must be a :class:`MetaEnv`).
+        num_train: Number of training tasks, ``>= 1``.
+        num_val: Number of validation tasks, ``>= 0``.
+        num_test: Number of test tasks, ``>= 0``.
+        seed: The task seed.
+        ood: Use the family's disjoint out-of-distribution regions.
+
+    Returns:
+        The three splits.
+
+    Raises:
+        TypeError: If ``env.unwrapped`` is not a :class:`MetaEnv`.
+        ValueError: If a count is negative, ``num_train`` is 0, the family has no OOD regions and ``ood`` is set,
+            a split would get fewer tasks than asked, or two splits share a task.
+    """
+    family = env.unwrapped
+    if not isinstance(family, MetaEnv):
+        raise TypeError(f"make_task_splits needs a MetaEnv task family, got {type(family).__name__}")
+    counts = {"num_train": num_train, "num_val": num_val, "num_test": num_test}
+    negative = {name: count for name, count in counts.items() if count < 0}
+    if negative:
+        raise ValueError(f"task counts must be >= 0, got {negative}")
+    if num_train == 0:
+        raise ValueError("num_train must be >= 1: meta-training needs at least one task")
+
+    if ood:
+        train_seq, eval_seq = np.random.SeedSequence(seed).spawn(2)
+        train = family.sample_tasks(num_train, _int_seed(train_seq), "ood_train")
+        held_out = family.sample_tasks(num_val + num_test, _int_seed(eval_seq), "ood_test")
+    else:
+        drawn = family.sample_tasks(num_train + num_val + num_test, seed, "all")
+        train, held_out = drawn[:num_train], drawn[num_train:]
+    val, test = held_out[:num_val], held_out[num_val : num_val + num_test]
+
+    # A family with a finite task set may return fewer tasks than asked; fail loudly rather than run short.
+    for name, split, count in (("train", train, num_train), ("val", val, num_val), ("test", test, num_test)):
+        if len(split) < count:
+            raise ValueError(
+                f"{type(family).__name__} gave only {len(split)} {name} task(s) of the {count} asked (seed {seed})"
+            )
+    return TaskSplits(train=train, val=val, test=test)
+
+
+def _int_seed(seq: np.random.SeedSequence) -> int:
+    """A Python-int seed derived from a SeedSequence (``sample_tasks`` takes an int seed)."""
+    return int(seq.generate_state(1, dtype=np.uint64)[0])

@@ -1,0 +1,146 @@
+"""The MQL LightningModule: meta-training with the multi-task TD3 objective (Alg. 1, Eq. 15)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import OptimizerCallable
+from torchmetrics import MeanMetric
+
+from mql_lightning.data.replay import ReplayBatch
+from mql_lightning.modules.losses import actor_loss, critic_loss
+from mql_lightning.modules.td3 import TD3Agent
+
+
+class MQL(L.LightningModule):
+    """Meta-Q-Learning: a context-conditioned TD3 agent meta-trained on many tasks at once.
+
+    Meta-training minimises the average TD error over all training tasks (Eq. 15) with manual optimisation: a
+    critic step every update, an actor step and a Polyak target update every ``policy_delay`` updates. Batches are
+    pulled from the DataModule's update stream inside ``training_step``, so environment interaction happens exactly
+    when the update needs it (DESIGN decision 11). Validation evaluates the policy on each validation task.
+
+    Args:
+        obs_dim: Observation width (linked from the DataModule).
+        action_dim: Action width (linked from the DataModule).
+        agent: Factory ``(obs_dim, action_dim) -> TD3Agent``; its ``context`` picks TD3-context or plain TD3.
+        actor_optimizer: Optimiser factory for the actor (and its context encoder).
+        critic_optimizer: Optimiser factory for the twin critics (and their context encoder).
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        action_dim: int,
+        agent: Callable[[int, int], TD3Agent] = TD3Agent,
+        actor_optimizer: OptimizerCallable = torch.optim.Adam,
+        critic_optimizer: OptimizerCallable = torch.optim.Adam,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["agent", "actor_optimizer", "critic_optimizer"])
+        self.automatic_optimization = False
+        self.agent = agent(obs_dim, action_dim)
+        # The CLI stores optimiser configs in hparams as dicts; keep the callables themselves.
+        self.actor_optimizer, self.critic_optimizer = actor_optimizer, critic_optimizer
+        self.num_updates = 0
+        self.noise_generator = torch.Generator()
+        self.val_return = MeanMetric()
+        self.test_return = MeanMetric()
+        self._clock: tuple[float, int] | None = None
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        """Two optimisers with no shared parameters: actor and critic (DESIGN decision 4)."""
+        actor = self.actor_optimizer(self.agent.actor_parameters())
+        critic = self.critic_optimizer(self.agent.critic_parameters())
+        return [actor, critic]
+
+    def setup(self, stage: str) -> None:
+        """Seed the target-smoothing noise from the run seed (its own stream, checkpointed)."""
+        self.noise_generator.manual_seed(torch.initial_seed() + 1)
+
+    # ------------------------------------------------------------------------------------------------- acting
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        """The deterministic meta-policy: ``(N, O)`` observations and ``(N, H, C)`` windows to ``(N, A)`` actions."""
+        return self.agent.act(obs.to(self.device), history.to(self.device)).float().cpu()
+
+    # ------------------------------------------------------------------------------------------------ training
+    def training_step(self, dataloader_iter: Iterator[tuple[ReplayBatch, int, int]]) -> None:
+        """One TD3 update on the next replay batch; a closed stream means "validate now" (or the budget is spent)."""
+        item = next(dataloader_iter, None)
+        if item is None:
+            return
+        batch = ReplayBatch(*(t.to(self.device, non_blocking=True) for t in item[0]))
+        actor_opt, critic_opt = self.optimizers()
+
+        loss_c, info = critic_loss(self.agent, batch, self.noise_generator)
+        critic_opt.zero_grad(set_to_none=True)
+        self.manual_backward(loss_c)
+        critic_opt.step()
+
+        self.num_updates += 1
+        loss_a = None
+        if self.num_updates % self.agent.policy_delay == 0:
+            with self.toggled_optimizer(actor_opt):
+                loss_a, _ = actor_loss(self.agent, batch)
+                actor_opt.zero_grad(set_to_none=True)
+                self.manual_backward(loss_a)
+                actor_opt.step()
+            self.agent.update_targets()
+
+        if self.num_updates % self.trainer.log_every_n_steps == 0:
+            self._log_training(loss_c, loss_a, info)
+
+    def _log_training(self, loss_c: torch.Tensor, loss_a: torch.Tensor | None, info: dict[str, torch.Tensor]) -> None:
+        metrics: dict[str, Any] = {"train/critic_loss": loss_c.detach(), "train/q1_mean": info["q1_mean"]}
+        if loss_a is not None:
+            metrics["train/actor_loss"] = loss_a.detach()
+        metrics["train/num_updates"] = float(self.num_updates)
+        progress = getattr(self.trainer.datamodule, "progress", None)
+        if progress is not None:
+            metrics["time/env_steps"] = float(progress.env_steps)
+            metrics["rollout/return"] = progress.last_rollout_return
+            metrics["step"] = float(progress.env_steps)  # loggers' x-axis: environment steps
+        now = time.perf_counter()
+        if self._clock is not None and now > self._clock[0]:
+            metrics["time/updates_per_s"] = (self.num_updates - self._clock[1]) / (now - self._clock[0])
+        self._clock = (now, self.num_updates)
+        self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=1)
+
+    # ------------------------------------------------------------------------------------------ validation/test
+    def validation_step(self, batch: int) -> None:
+        """Evaluate the meta-policy on one validation task."""
+        self._evaluate("val", int(batch), self.val_return)
+
+    def test_step(self, batch: int) -> None:
+        """Evaluate the meta-policy on one test task."""
+        self._evaluate("test", int(batch), self.test_return)
+
+    def _evaluate(self, split: str, index: int, metric: MeanMetric) -> None:
+        stats = self.trainer.datamodule.evaluate(self.act, split, index)
+        metric.update(stats["return"])
+        self.log(f"{split}/task_{index}/return", stats["return"], batch_size=1)
+        self.log(f"{split}/return", metric, prog_bar=True, batch_size=1)
+        progress = getattr(self.trainer.datamodule, "progress", None)
+        if progress is not None:
+            self.log("step", float(progress.env_steps), batch_size=1)
+
+    def on_train_epoch_start(self) -> None:
+        """Restart the throughput clock (validation time is not update time)."""
+        self._clock = None
+
+    # ----------------------------------------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store the update counter and the target-noise RNG (tensors and ints only)."""
+        checkpoint["mql"] = {"num_updates": self.num_updates, "noise_generator": self.noise_generator.get_state()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore what :meth:`on_save_checkpoint` stored."""
+        state = checkpoint.get("mql", {})
+        self.num_updates = state.get("num_updates", 0)
+        if "noise_generator" in state:
+            self.noise_generator.set_state(state["noise_generator"])

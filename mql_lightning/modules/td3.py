@@ -1,0 +1,152 @@
+"""The TD3 agent of MQL: a context-conditioned actor, twin critics, and their target copies."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator, Sequence
+
+import lightning as L
+import torch
+from torch import nn
+
+from mql_lightning.modules.context import ContextEncoder
+from mql_lightning.modules.networks import Actor, TwinCritic
+
+
+class TD3Agent(L.LightningModule):
+    """Networks and TD3 hyper-parameters; the update rule itself lives in :mod:`mql_lightning.modules.losses`.
+
+    With a context factory this is TD3-context (the meta-training of MQL, Alg. 1): actor and critics are conditioned
+    on the context z of a recurrent encoder. With ``context=None`` it is plain TD3 from the same code path.
+
+    Args:
+        obs_dim: Observation width (linked from the task family).
+        action_dim: Action width (linked from the task family).
+        context: Factory ``input_dim -> encoder`` for the context encoder, e.g. ``ContextEncoder``; ``None`` for
+            plain TD3. The encoder must expose ``output_dim``.
+        shared_context: One encoder for actor and critic (trained by the critic loss) instead of the paper's
+            separate encoders (DESIGN decision 4).
+        hidden_sizes: Hidden widths of the actor and of each critic.
+        gamma: Discount factor.
+        tau: Polyak coefficient of the target networks.
+        policy_noise: Std of the target-policy smoothing noise.
+        noise_clip: Clip of the target-policy smoothing noise.
+        policy_delay: Critic updates per actor (and target) update.
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        action_dim: int,
+        context: Callable[[int], nn.Module] | None = ContextEncoder,
+        shared_context: bool = False,
+        hidden_sizes: Sequence[int] = (300, 300),
+        gamma: float = 0.99,
+        tau: float = 0.005,
+        policy_noise: float = 0.2,
+        noise_clip: float = 0.5,
+        policy_delay: int = 2,
+    ) -> None:
+        super().__init__()
+        if obs_dim <= 0 or action_dim <= 0:
+            raise ValueError(f"TD3Agent needs obs_dim > 0 and action_dim > 0, got {obs_dim}, {action_dim}")
+        if policy_delay < 1:
+            raise ValueError(f"policy_delay must be >= 1, got {policy_delay}")
+        if not 0.0 < tau <= 1.0 or not 0.0 <= gamma <= 1.0:
+            raise ValueError(f"need 0 < tau <= 1 and 0 <= gamma <= 1, got tau={tau}, gamma={gamma}")
+        self.obs_dim, self.action_dim = obs_dim, action_dim
+        self.gamma, self.tau = gamma, tau
+        self.policy_noise, self.noise_clip, self.policy_delay = policy_noise, noise_clip, policy_delay
+        self.shared_context = shared_context and context is not None
+        self.context_input_dim = action_dim + 1 + obs_dim  # one history entry (a, r, o)
+
+        self.actor_context = context(self.context_input_dim) if context is not None else None
+        if context is None or self.shared_context:
+            self.critic_context = self.actor_context
+        else:
+            self.critic_context = context(self.context_input_dim)
+        z_dim = self.actor_context.output_dim if self.actor_context is not None else 0
+        self.actor = Actor(obs_dim + z_dim, action_dim, hidden_sizes)
+        self.critic = TwinCritic(obs_dim + action_dim + z_dim, hidden_sizes)
+
+        # Target copies of every network, context encoders included (the authors' four GRUs).
+        self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.actor_context_target = _frozen_copy(self.actor_context)
+        self.critic_context_target = (
+            self.actor_context_target if self.shared_context else _frozen_copy(self.critic_context)
+        )
+
+    @property
+    def uses_context(self) -> bool:
+        """Whether actor and critics see a context (TD3-context) or not (plain TD3)."""
+        return self.actor_context is not None
+
+    # ----------------------------------------------------------------------------------------------- forward passes
+    def act(self, obs: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        """Deterministic action u_theta(x, z) of the online actor."""
+        return self.actor(_with_context(obs, history, self.actor_context, detach=self.shared_context))
+
+    def q_values(
+        self, obs: torch.Tensor, action: torch.Tensor, history: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both online Q estimates q_phi(x, u, z)."""
+        return self.critic(_with_context(torch.cat([obs, action], -1), history, self.critic_context))
+
+    def q1(self, obs: torch.Tensor, action: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        """The first online Q estimate, the one the actor ascends."""
+        return self.critic.q1(_with_context(torch.cat([obs, action], -1), history, self.critic_context)).squeeze(-1)
+
+    @torch.no_grad()
+    def target_q(
+        self, next_obs: torch.Tensor, next_history: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """``min(Q1', Q2')(x', a')`` with target-policy smoothing: ``a' = clip(u'(x') + clip(eps), -1, 1)``."""
+        next_action = self.actor_target(_with_context(next_obs, next_history, self.actor_context_target))
+        noise = torch.randn(next_action.shape, generator=generator, device=next_action.device)
+        noise = (noise * self.policy_noise).clamp(-self.noise_clip, self.noise_clip)
+        next_action = (next_action + noise.to(next_action.dtype)).clamp(-1.0, 1.0)
+        features = _with_context(torch.cat([next_obs, next_action], -1), next_history, self.critic_context_target)
+        q1, q2 = self.critic_target(features)
+        return torch.minimum(q1, q2)
+
+    # ------------------------------------------------------------------------------------------ parameter groups
+    def actor_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters the actor loss trains: the actor and, unless shared, its context encoder."""
+        yield from self.actor.parameters()
+        if self.actor_context is not None and not self.shared_context:
+            yield from self.actor_context.parameters()
+
+    def critic_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters the critic loss trains: both critics and their context encoder."""
+        yield from self.critic.parameters()
+        if self.critic_context is not None:
+            yield from self.critic_context.parameters()
+
+    @torch.no_grad()
+    def update_targets(self) -> None:
+        """Polyak-average every online network into its target copy."""
+        online = [self.actor, self.critic]
+        target = [self.actor_target, self.critic_target]
+        if self.actor_context is not None:
+            online.append(self.actor_context)
+            target.append(self.actor_context_target)
+            if not self.shared_context:
+                online.append(self.critic_context)
+                target.append(self.critic_context_target)
+        src = [p for m in online for p in m.parameters()]
+        dst = [p for m in target for p in m.parameters()]
+        torch._foreach_lerp_(dst, src, self.tau)
+
+
+def _frozen_copy(module: nn.Module | None) -> nn.Module | None:
+    return None if module is None else copy.deepcopy(module).requires_grad_(False)
+
+
+def _with_context(
+    features: torch.Tensor, history: torch.Tensor, encoder: nn.Module | None, detach: bool = False
+) -> torch.Tensor:
+    if encoder is None:
+        return features
+    z = encoder(history)
+    return torch.cat([features, z.detach() if detach else z], -1)
