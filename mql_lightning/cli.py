@@ -10,6 +10,8 @@ Usage::
 
 from __future__ import annotations
 
+import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCL
 from mql_lightning.data.datamodule import MetaRLDataModule
 from mql_lightning.modules.mql import MQL
 
+_RUN_ROOT, _RUN_NAME = "runs", "mql"
 _TRAINER_DEFAULTS: dict[str, Any] = {
     # Epochs are validation periods cut by the DataModule; the budget is in environment steps.
     "max_epochs": -1,
@@ -31,8 +34,8 @@ _TRAINER_DEFAULTS: dict[str, Any] = {
 # Parsed like user config (not instances), so they print with --print_config and can be overridden from YAML.
 _PARSED_DEFAULTS: dict[str, Any] = {
     "trainer.logger": [
-        {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs", "name": "mql"}},
-        {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": "runs", "name": "mql"}},
+        {"class_path": f"lightning.pytorch.loggers.{cls}", "init_args": {"save_dir": _RUN_ROOT, "name": _RUN_NAME}}
+        for cls in ("CSVLogger", "TensorBoardLogger")
     ],
     "trainer.callbacks": [{"class_path": "lightning.pytorch.callbacks.RichProgressBar"}],
     "checkpoint.save_last": True,
@@ -63,7 +66,9 @@ class MQLCLI(LightningCLI):
         if config.num_threads < 1:
             raise ValueError(f"num_threads must be >= 1, got {config.num_threads}")
         torch.set_num_threads(config.num_threads)
-        _share_logger_version(config.trainer.logger)
+        # A new run directory for every command, except when resuming training from a checkpoint.
+        resuming = self.subcommand == "fit" and config.get("ckpt_path") is not None
+        _share_logger_version(config.trainer.logger, fresh=not resuming)
         if config.trainer.enable_progress_bar is False and isinstance(config.trainer.callbacks, list):
             # `--trainer.enable_progress_bar false` should just work, not clash with the default Rich bar.
             config.trainer.callbacks = [
@@ -71,31 +76,51 @@ class MQLCLI(LightningCLI):
             ]
 
 
-def _share_logger_version(loggers: Any) -> None:
-    """TensorBoard and CSV loggers pick their versions independently and can disagree; make one run directory."""
-    if not isinstance(loggers, list) or not loggers:
+def _share_logger_version(loggers: Any, fresh: bool) -> None:
+    """Give every logger the same run directory ``<save_dir>/<name>/<version>``.
+
+    TensorBoard and CSV loggers pick their versions independently and can disagree, and a command-line override
+    such as ``--trainer.logger.init_args.name X`` reaches only one of them: a value that differs from the default
+    is taken for all, then the next free ``version_N`` is chosen once. With ``fresh``, an automatic version
+    (``version_N``, e.g. from a saved ``config.yaml``) is replaced by a new one, so nothing of an earlier run is
+    overwritten; a version you named yourself is kept.
+    """
+    args = [lg.init_args for lg in loggers if hasattr(lg, "init_args")] if isinstance(loggers, list) else []
+    if not args:
         return
-    args = [lg.init_args for lg in loggers if hasattr(lg, "init_args")]
-    if not args or any(getattr(a, "version", None) is not None for a in args):
-        return
-    first = args[0]
-    root = Path(first.save_dir) / (getattr(first, "name", None) or "")
-    existing = [int(p.name.split("_")[1]) for p in root.glob("version_*") if p.name.split("_")[1].isdigit()]
-    version = f"version_{max(existing, default=-1) + 1}"
-    for a in args:
-        if "version" in a:
-            a.version = version
+    for key, default in (("save_dir", _RUN_ROOT), ("name", _RUN_NAME), ("version", None)):
+        values = [getattr(a, key) for a in args if key in a]
+        chosen = next((v for v in values if v != default), default)
+        for a in args:
+            if key in a:
+                setattr(a, key, chosen)
+    version = getattr(args[0], "version", None)
+    if version is None or (fresh and re.fullmatch(r"version_\d+", str(version))):
+        root = Path(args[0].save_dir) / (getattr(args[0], "name", None) or "")
+        taken = [p.name.removeprefix("version_") for p in root.glob("version_*")]
+        version = f"version_{max((int(t) for t in taken if t.isdigit()), default=-1) + 1}"
+        for a in args:
+            if "version" in a:
+                a.version = version
 
 
 def main(args: ArgsType = None) -> None:
-    """Entry point of the ``mql`` console script."""
-    MQLCLI(
-        MQL,
-        MetaRLDataModule,
-        auto_configure_optimizers=False,
-        trainer_defaults=_TRAINER_DEFAULTS,
-        args=args,
-    )
+    """Entry point of the ``mql`` console script.
+
+    Bad values that only show when components are built (an unknown task family, a zero batch size, ...) end the
+    program with one ``mql: error: ...`` line and exit code 2, like the parser's own errors.
+    """
+    try:
+        MQLCLI(
+            MQL,
+            MetaRLDataModule,
+            auto_configure_optimizers=False,
+            trainer_defaults=_TRAINER_DEFAULTS,
+            args=args,
+        )
+    except ValueError as err:
+        print(f"mql: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from err
 
 
 if __name__ == "__main__":

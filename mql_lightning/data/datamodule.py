@@ -175,7 +175,7 @@ class MetaRLDataModule(L.LightningDataModule):
             StopIteration: At a validation boundary or when the budget is spent (then ``trainer.should_stop``).
         """
         progress = self.progress
-        if progress.updates_left == 0:
+        while progress.updates_left == 0:
             if progress.env_steps >= self.max_env_steps:
                 if self.trainer is not None:
                     self.trainer.should_stop = True
@@ -184,19 +184,25 @@ class MetaRLDataModule(L.LightningDataModule):
                 interval = self.val_every_env_steps
                 progress.next_validation_at = (progress.env_steps // interval + 1) * interval
                 raise StopIteration
+            if progress.env_steps < self.warmup_steps:
+                self._warm_up()
+                continue
             collected = self._collect_iteration()
             progress.updates_left = self.updates_per_iteration or collected
         progress.updates_left -= 1
         return self.replay.sample(self.batch_size, self._sample_generator, task_weighting=self.task_weighting)
 
-    def _collect_iteration(self) -> int:
-        """Warm up with random actions if still due, then collect one iteration's episodes with the policy."""
-        n_train, n_eps = len(self.tasks.train), self.episodes_per_iteration
+    def _warm_up(self) -> None:
+        """Collect ``warmup_steps`` of uniformly random actions, cycling through the training tasks so that every
+        task has data before the first update."""
+        n_train = len(self.tasks.train)
         while self.progress.env_steps < self.warmup_steps:
-            # Cycle through the training tasks so every task has data before the first update.
-            ids = [(self.progress.episodes + k) % n_train for k in range(n_eps)]
+            ids = [(self.progress.episodes + k) % n_train for k in range(self.episodes_per_iteration)]
             self._store(self._collector.rollout([self.tasks.train[i] for i in ids], ids, self._rng))
-        ids = self._rng.integers(0, n_train, size=n_eps).tolist()
+
+    def _collect_iteration(self) -> int:
+        """Collect one iteration's episodes on training tasks drawn uniformly, with the policy plus noise."""
+        ids = self._rng.integers(0, len(self.tasks.train), size=self.episodes_per_iteration).tolist()
         episodes = self._collector.rollout(
             [self.tasks.train[i] for i in ids], ids, self._rng, self._policy(), self.exploration_noise
         )

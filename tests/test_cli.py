@@ -1,0 +1,139 @@
+"""End-to-end behaviour of the ``mql`` command: real LightningCLI, real Trainer, real environments."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from mql_lightning.cli import main
+from tests.conftest import run_fit
+
+
+def read_metrics(run: Path) -> list[dict[str, str]]:
+    with open(run / "metrics.csv", newline="") as f:
+        return [{k: v for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+
+
+def val_returns(run: Path) -> list[tuple[int, float]]:
+    return [(int(float(r["step"])), float(r["val/return"])) for r in read_metrics(run) if "val/return" in r]
+
+
+def test_fit_writes_one_run_directory_with_config_metrics_and_checkpoints(trained_run: Path) -> None:
+    for name in ("config.yaml", "metrics.csv", "hparams.yaml", "checkpoints/last.ckpt", "checkpoints/best.ckpt"):
+        assert (trained_run / name).is_file(), name
+    assert list(trained_run.glob("events.out.tfevents.*")), "TensorBoard events missing from the run directory"
+    assert [p.name for p in trained_run.parent.iterdir()] == [trained_run.name], "loggers split the run"
+
+
+def test_validation_runs_on_an_env_step_interval_and_logs_every_task(trained_run: Path) -> None:
+    steps = [step for step, _ in val_returns(trained_run)]
+    assert steps == [0, 2000, 4000]  # at start, then every 2,000 environment steps, and at the budget
+    last_val = [r for r in read_metrics(trained_run) if "val/return" in r][-1]
+    per_task = [float(last_val[f"val/task_{i}/return"]) for i in range(5)]
+    assert float(last_val["val/return"]) == pytest.approx(sum(per_task) / 5, rel=1e-5)
+
+
+def test_training_logs_losses_and_env_steps_against_env_steps(trained_run: Path) -> None:
+    rows = [r for r in read_metrics(trained_run) if "train/critic_loss" in r]
+    assert rows, "no training metrics logged"
+    assert all(r["step"] == r["time/env_steps"] for r in rows)  # the x-axis is environment steps
+    assert {"train/actor_loss", "rollout/return", "time/updates_per_s"} <= set().union(*rows)
+
+
+def test_td3_context_improves_validation_return_over_the_untrained_policy(trained_run: Path) -> None:
+    returns = val_returns(trained_run)
+    untrained, final = returns[0][1], returns[-1][1]
+    assert final > untrained + 2.0, returns
+
+
+def test_checkpoint_loads_with_weights_only(trained_run: Path) -> None:
+    ckpt = torch.load(trained_run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["MetaRLDataModule"]["progress"]["env_steps"] == 4000
+    assert ckpt["mql"]["num_updates"] > 0
+
+
+def test_validate_from_checkpoint_writes_a_new_run_directory(trained_run: Path) -> None:
+    before = (trained_run / "metrics.csv").read_bytes()
+    main([
+        "validate", "--config", str(trained_run / "config.yaml"),
+        "--ckpt_path", str(trained_run / "checkpoints" / "last.ckpt"),
+    ])
+    runs = sorted(trained_run.parent.glob("version_*"))
+    assert len(runs) == 2 and (trained_run / "metrics.csv").read_bytes() == before
+    new = read_metrics(runs[-1])
+    assert new[-1]["val/return"] == [r for r in read_metrics(trained_run) if "val/return" in r][-1]["val/return"]
+
+
+def test_same_seed_gives_identical_logged_returns(tmp_path: Path) -> None:
+    args = ("--data.max_env_steps=600", "--data.val_every_env_steps=300", "--data.warmup_steps=200")
+    first, second = run_fit(tmp_path / "a", *args), run_fit(tmp_path / "b", *args)
+    keys = ("val/return", "rollout/return", "train/critic_loss")
+    pick = lambda run: [(r["step"], k, r[k]) for r in read_metrics(run) for k in keys if k in r]  # noqa: E731
+    assert pick(first) == pick(second) and pick(first)
+
+
+def test_different_seeds_give_different_returns(tmp_path: Path) -> None:
+    args = ("--data.max_env_steps=400", "--data.val_every_env_steps=400", "--data.warmup_steps=200")
+    first = run_fit(tmp_path / "a", *args, "--seed_everything=1")
+    second = run_fit(tmp_path / "b", *args, "--seed_everything=2")
+    assert val_returns(first)[-1] != val_returns(second)[-1]
+
+
+def test_plain_td3_runs_from_the_same_code_path(tmp_path: Path) -> None:
+    run = run_fit(tmp_path, "--model.agent.init_args.context=null", "--data.max_env_steps=400",
+                  "--data.warmup_steps=200")
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["model"]["agent"]["init_args"]["context"] is None
+    assert len(val_returns(run)) == 2
+
+
+def test_print_config_round_trips_through_fit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--print_config"])
+    assert exit_info.value.code == 0
+    printed = tmp_path / "printed.yaml"
+    printed.write_text(capsys.readouterr().out)
+    assert yaml.safe_load(printed.read_text())["data"]["env_id"] == "mql/PointRobot-v0"
+    main(["fit", "--config", str(printed), *_quiet(tmp_path), "--data.max_env_steps=300", "--data.warmup_steps=200"])
+    assert (tmp_path / "mql" / "version_0" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_shipped_point_config_runs(tmp_path: Path) -> None:
+    config = Path(__file__).parents[1] / "configs" / "point.yaml"
+    main(["fit", "--config", str(config), *_quiet(tmp_path), "--data.max_env_steps=300", "--data.warmup_steps=200"])
+    assert (tmp_path / "point" / "version_0" / "config.yaml").is_file()
+
+
+def test_trainer_max_steps_bounds_training(tmp_path: Path) -> None:
+    run = run_fit(tmp_path, "--trainer.max_steps=30", "--data.warmup_steps=200")
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 30  # optimizer steps: 20 critic + 10 actor updates with policy_delay 2
+
+
+def test_unknown_task_family_is_one_clear_line_and_exit_code_2(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "mql_lightning.cli", "fit", "--data.env_id=mql/NoSuchEnv-v0", *_quiet(tmp_path)],
+        capture_output=True, text=True, check=False,
+    )
+    assert result.returncode == 2
+    assert "unknown task family 'mql/NoSuchEnv-v0'" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "mql").exists()
+
+
+def test_invalid_value_is_rejected_before_anything_is_written(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--data.batch_size=0", *_quiet(tmp_path)])
+    assert exit_info.value.code == 2
+    assert not (tmp_path / "mql").exists()
+
+
+def _quiet(root: Path) -> list[str]:
+    return ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+            f"--trainer.logger.init_args.save_dir={root}"]
