@@ -43,6 +43,16 @@ _PARSED_DEFAULTS: dict[str, Any] = {
     "checkpoint.mode": "max",
     "checkpoint.filename": "best",
     "checkpoint.auto_insert_metric_name": False,
+    # The embedded default trains on the point robot (configs/point.yaml spells the same run out): networks sized
+    # for a 2-D task so that `mql fit` finishes in minutes on two cores.
+    "model.agent": {
+        "class_path": "mql_lightning.modules.TD3Agent",
+        "init_args": {
+            "context": {"class_path": "mql_lightning.modules.ContextEncoder", "init_args": {"hidden_size": 20}},
+            "hidden_sizes": [128, 128],
+            "gamma": 0.9,
+        },
+    },
 }
 
 

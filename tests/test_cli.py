@@ -42,7 +42,7 @@ def test_validation_runs_on_an_env_step_interval_and_logs_every_task(trained_run
 def test_training_logs_losses_and_env_steps_against_env_steps(trained_run: Path) -> None:
     rows = [r for r in read_metrics(trained_run) if "train/critic_loss" in r]
     assert rows, "no training metrics logged"
-    assert all(r["step"] == r["time/env_steps"] for r in rows)  # the x-axis is environment steps
+    assert all(float(r["step"]) == float(r["time/env_steps"]) for r in rows)  # the x-axis is environment steps
     assert {"train/actor_loss", "rollout/return", "time/updates_per_s"} <= set().union(*rows)
 
 
@@ -101,7 +101,7 @@ def test_print_config_round_trips_through_fit(tmp_path: Path, capsys: pytest.Cap
     printed.write_text(capsys.readouterr().out)
     assert yaml.safe_load(printed.read_text())["data"]["env_id"] == "mql/PointRobot-v0"
     main(["fit", "--config", str(printed), *_quiet(tmp_path), "--data.max_env_steps=300", "--data.warmup_steps=200"])
-    assert (tmp_path / "mql" / "version_0" / "checkpoints" / "last.ckpt").is_file()
+    assert (tmp_path / "point" / "version_0" / "checkpoints" / "last.ckpt").is_file()
 
 
 def test_shipped_point_config_runs(tmp_path: Path) -> None:
@@ -124,14 +124,14 @@ def test_unknown_task_family_is_one_clear_line_and_exit_code_2(tmp_path: Path) -
     assert result.returncode == 2
     assert "unknown task family 'mql/NoSuchEnv-v0'" in result.stderr
     assert "Traceback" not in result.stderr
-    assert not (tmp_path / "mql").exists()
+    assert not list(tmp_path.iterdir())
 
 
 def test_invalid_value_is_rejected_before_anything_is_written(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--data.batch_size=0", *_quiet(tmp_path)])
     assert exit_info.value.code == 2
-    assert not (tmp_path / "mql").exists()
+    assert not list(tmp_path.iterdir())
 
 
 def _quiet(root: Path) -> list[str]:
