@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,11 +27,19 @@ TINY_RUN_ARGS = [
 
 def run_fit(root: Path, *extra: str) -> Path:
     """Run ``mql fit`` in-process with run directories under ``root``; return the run directory."""
-    torch.set_num_threads(1)
     main(["fit", *TINY_RUN_ARGS, f"--trainer.logger.init_args.save_dir={root}", *extra])
     runs = sorted((root / "mql").glob("version_*"))
     assert runs, f"no run directory under {root}"
     return runs[-1]
+
+
+@pytest.fixture(autouse=True)
+def _single_thread() -> Iterator[None]:
+    """One torch thread in every test, as in training (DESIGN decision 12): fast and deterministic."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

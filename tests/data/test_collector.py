@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -18,14 +17,6 @@ OBS, ACT = 2, 2
 C = ACT + 1 + OBS
 EPISODE_LENGTH = 20
 GOALS = ([0.5, -0.5], [-0.8, 0.3], [0.1, 0.9])
-
-
-@pytest.fixture(autouse=True)
-def _single_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class LinearHistoryPolicy:
