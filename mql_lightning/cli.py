@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
+from mql_lightning.callbacks import AdaptationCallback, ReplayCheckpoint
 from mql_lightning.data.datamodule import MetaRLDataModule
 from mql_lightning.modules.mql import MQL
 
@@ -67,7 +67,8 @@ class MQLCLI(LightningCLI):
         )
         parser.link_arguments("data.obs_dim", "model.obs_dim", apply_on="instantiate")
         parser.link_arguments("data.action_dim", "model.action_dim", apply_on="instantiate")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(ReplayCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(AdaptationCallback, "adaptation")
         parser.set_defaults(_PARSED_DEFAULTS)
 
     def before_instantiate_classes(self) -> None:
@@ -114,6 +115,27 @@ def _share_logger_version(loggers: Any, fresh: bool) -> None:
                 a.version = version
 
 
+def _with_run_config(args: ArgsType) -> ArgsType:
+    """``mql test|validate --ckpt_path PATH`` with no ``--config``: use the config saved in the checkpoint's run.
+
+    Raises:
+        FileNotFoundError: If the checkpoint does not exist.
+    """
+    if not isinstance(args, list) or not args or args[0] not in ("test", "validate"):
+        return args
+    ckpt = next((a.split("=", 1)[1] for a in args if a.startswith("--ckpt_path=")), None)
+    if ckpt is None and "--ckpt_path" in args[:-1]:
+        ckpt = args[args.index("--ckpt_path") + 1]
+    if ckpt is None or ckpt in ("best", "last"):
+        return args
+    if not Path(ckpt).is_file():
+        raise FileNotFoundError(f"checkpoint {ckpt} does not exist")
+    if any(a in ("-c", "--config") or a.startswith("--config=") for a in args):
+        return args
+    run_config = Path(ckpt).resolve().parent.parent / "config.yaml"  # <run>/checkpoints/<name>.ckpt
+    return [args[0], "--config", str(run_config), *args[1:]] if run_config.is_file() else args
+
+
 def main(args: ArgsType = None) -> None:
     """Entry point of the ``mql`` console script.
 
@@ -121,6 +143,7 @@ def main(args: ArgsType = None) -> None:
     program with one ``mql: error: ...`` line and exit code 2, like the parser's own errors.
     """
     try:
+        args = _with_run_config(sys.argv[1:] if args is None else args)
         MQLCLI(
             MQL,
             MetaRLDataModule,
@@ -128,7 +151,7 @@ def main(args: ArgsType = None) -> None:
             trainer_defaults=_TRAINER_DEFAULTS,
             args=args,
         )
-    except ValueError as err:
+    except (ValueError, FileNotFoundError) as err:
         print(f"mql: error: {err}", file=sys.stderr)
         raise SystemExit(2) from err
 

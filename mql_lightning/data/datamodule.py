@@ -4,18 +4,22 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Literal
 
+import gymnasium
 import lightning as L
 import numpy as np
 import torch
 
 from mql_lightning.data.collector import Collector, Episode, Policy
 from mql_lightning.data.replay import EpisodeReplay, ReplayBatch
+from mql_lightning.data.side_file import load_replay, replay_path
 from mql_lightning.envs import make_env, make_task_splits
 
 Split = Literal["train", "val", "test"]
 _SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
+_PURPOSE_CODES = {"eval": 0, "adapt": 1}
 
 
 @dataclass
@@ -137,13 +141,14 @@ class MetaRLDataModule(L.LightningDataModule):
             self._rng = np.random.default_rng(collect_seq)
             self._sample_generator = torch.Generator().manual_seed(int(sample_seq.generate_state(1)[0]))
             self._eval_seed = int(eval_seq.generate_state(1)[0])
-            self._collector = Collector(self._make_env, self.obs_dim, self.action_dim, self.history_length)
-            self._eval_collector = Collector(self._make_env, self.obs_dim, self.action_dim, self.eval_history_length)
+            self._collector = Collector(self.make_env, self.obs_dim, self.action_dim, self.history_length)
+            self._eval_collector = Collector(self.make_env, self.obs_dim, self.action_dim, self.eval_history_length)
         if stage == "fit" and self.replay is None:
-            capacity = max(1, self.replay_capacity // len(self.tasks.train))
-            self.replay = EpisodeReplay(
-                len(self.tasks.train), capacity, self.obs_dim, self.action_dim, self.history_length
-            )
+            self.replay = self._new_replay()
+
+    def _new_replay(self) -> EpisodeReplay:
+        capacity = max(1, self.replay_capacity // len(self.tasks.train))
+        return EpisodeReplay(len(self.tasks.train), capacity, self.obs_dim, self.action_dim, self.history_length)
 
     def teardown(self, stage: str) -> None:
         """Close the environments."""
@@ -151,8 +156,21 @@ class MetaRLDataModule(L.LightningDataModule):
             if collector is not None:
                 collector.close()
 
-    def _make_env(self):
+    def make_env(self) -> gymnasium.Env:
+        """A fresh env of this task family (wrapped as ``gymnasium.make`` wraps it)."""
         return make_env(self.env_id, **self.env_kwargs)
+
+    def task(self, split: Split, index: int) -> dict[str, Any]:
+        """The task dict of task ``index`` of a split."""
+        return getattr(self.tasks, split)[index]
+
+    def rng_for(self, purpose: Literal["eval", "adapt"], split: Split, index: int) -> np.random.Generator:
+        """A generator for one held-out task, fixed by the run seed, the purpose, the split and the task index.
+
+        Evaluation and adaptation draw from these, never from the training streams, so running them does not change
+        the training run, and every validation evaluates a task from the same start states.
+        """
+        return np.random.default_rng([self._eval_seed, _PURPOSE_CODES[purpose], _SPLIT_CODES[split], index])
 
     # --------------------------------------------------------------------------------------------- loaders
     def train_dataloader(self) -> Iterator[ReplayBatch]:
@@ -231,9 +249,10 @@ class MetaRLDataModule(L.LightningDataModule):
         Returns:
             ``{"return": mean undiscounted return, "length": mean episode length}``.
         """
-        task = getattr(self.tasks, split)[index]
-        rng = np.random.default_rng([self._eval_seed, _SPLIT_CODES[split], index])
-        episodes = self._eval_collector.rollout([task] * self.eval_episodes, [index] * self.eval_episodes, rng, policy)
+        episodes = self._eval_collector.rollout(
+            [self.task(split, index)] * self.eval_episodes, [index] * self.eval_episodes,
+            self.rng_for("eval", split, index), policy,
+        )
         return {
             "return": float(np.mean([ep.ret for ep in episodes])),
             "length": float(np.mean([ep.length for ep in episodes])),
@@ -249,12 +268,27 @@ class MetaRLDataModule(L.LightningDataModule):
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore counters and RNG states saved by :meth:`state_dict`."""
+        """Restore counters and RNG states saved by :meth:`state_dict`, and the replay buffer from its side file.
+
+        Raises:
+            FileNotFoundError: If the checkpoint being loaded has no replay side file next to it.
+            ValueError: If the side file belongs to another step of training or to other dimensions.
+        """
         self.progress = Progress(**state_dict["progress"])
         if "rng" in state_dict:
             self.setup("fit")
             self._rng.bit_generator.state = state_dict["rng"]
             self._sample_generator.set_state(state_dict["sample_generator"])
+        ckpt_path = getattr(self.trainer, "ckpt_path", None) if self.trainer is not None else None
+        if ckpt_path is not None:
+            self.load_replay(replay_path(ckpt_path))
+
+    def load_replay(self, path: Path) -> None:
+        """Load the meta-training replay buffer from the side file written with the checkpoint being loaded."""
+        state = load_replay(path, self.progress.env_steps)
+        if self.replay is None:
+            self.replay = self._new_replay()
+        self.replay.load_state_dict(state)
 
 
 class _UpdateStream(Iterator[ReplayBatch]):

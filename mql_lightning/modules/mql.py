@@ -9,11 +9,15 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.cli import OptimizerCallable
+from torch import nn
 from torchmetrics import MeanMetric
 
 from mql_lightning.data.replay import ReplayBatch
 from mql_lightning.modules.losses import actor_loss, critic_loss
 from mql_lightning.modules.td3 import TD3Agent
+
+EVAL_METRICS = ("return", "return_pre_adapt", "ess", "lambda", "beta_mean", "classifier_accuracy")
+"""What is logged per held-out task: return after and before adaptation, ESS, lambda, mean beta, classifier accuracy."""
 
 
 class MQL(L.LightningModule):
@@ -48,8 +52,10 @@ class MQL(L.LightningModule):
         self.actor_optimizer, self.critic_optimizer = actor_optimizer, critic_optimizer
         self.num_updates = 0
         self.noise_generator = torch.Generator()
-        self.val_return = MeanMetric()
-        self.test_return = MeanMetric()
+        # Means over held-out tasks, synchronised across ranks (not part of the state dict).
+        self.eval_metrics = nn.ModuleDict(
+            {f"{split}_{name}": MeanMetric() for split in ("val", "test") for name in EVAL_METRICS}
+        )
         self._clock: tuple[float, int] | None = None
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
@@ -112,19 +118,35 @@ class MQL(L.LightningModule):
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=1)
 
     # ------------------------------------------------------------------------------------------ validation/test
-    def validation_step(self, batch: int) -> None:
-        """Evaluate the meta-policy on one validation task."""
-        self._evaluate("val", int(batch), self.val_return)
+    def validation_step(self, batch: int) -> dict[str, float]:
+        """Evaluate the meta-policy (before any adaptation) on one validation task."""
+        return self._evaluate("val", int(batch))
 
-    def test_step(self, batch: int) -> None:
-        """Evaluate the meta-policy on one test task."""
-        self._evaluate("test", int(batch), self.test_return)
+    def test_step(self, batch: int) -> dict[str, float]:
+        """Evaluate the meta-policy (before any adaptation) on one test task."""
+        return self._evaluate("test", int(batch))
 
-    def _evaluate(self, split: str, index: int, metric: MeanMetric) -> None:
+    def _evaluate(self, split: str, index: int) -> dict[str, float]:
         stats = self.trainer.datamodule.evaluate(self.act, split, index)
-        metric.update(stats["return"])
-        self.log(f"{split}/task_{index}/return", stats["return"], batch_size=1)
-        self.log(f"{split}/return", metric, prog_bar=True, batch_size=1)
+        self.record_eval(split, index, {"return_pre_adapt": stats["return"]})
+        return {"return_pre_adapt": stats["return"]}
+
+    def record_eval(self, split: str, task: int, metrics: dict[str, float]) -> None:
+        """Log evaluation numbers of one held-out task, per task and aggregated over tasks (and ranks).
+
+        Used by ``validation_step``/``test_step`` and by the adaptation callback (``self.log`` belongs to the
+        top-level module, DESIGN decision 5).
+
+        Args:
+            split: ``val`` or ``test``.
+            task: Index of the task in its split.
+            metrics: Values by name, each one of :data:`EVAL_METRICS`.
+        """
+        for name, value in metrics.items():
+            self.log(f"{split}/task_{task}/{name}", value, batch_size=1)
+            aggregate = self.eval_metrics[f"{split}_{name}"]
+            aggregate.update(value)
+            self.log(f"{split}/{name}", aggregate, prog_bar=name == "return", batch_size=1)
         progress = getattr(self.trainer.datamodule, "progress", None)
         if progress is not None:
             self.log("step", float(progress.env_steps), batch_size=1)

@@ -1,0 +1,120 @@
+"""The adaptation phase of MQL (Alg. 2) at validation and test time, logged per held-out task."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from mql_lightning.adaptation import AdaptationConfig, AdaptationResult, adapt_agent, collect_adaptation_data
+
+
+class AdaptationCallback(L.Callback):
+    """Adapts the meta-trained agent to held-out tasks and logs what happened, task by task.
+
+    After the model has evaluated the meta-policy on a held-out task (``<split>/return_pre_adapt``), this callback
+    runs Alg. 2 on a copy of the agent (:func:`mql_lightning.adaptation.adapt_agent`), evaluates the adapted policy
+    on the same start states, and logs ``<split>/return`` with ``ess``, ``lambda``, ``beta_mean`` and
+    ``classifier_accuracy``, per task (``val/task_3/lambda``) and averaged over tasks. During ``fit`` it adapts to
+    the first ``num_val_tasks`` validation tasks only, to keep validation affordable; under ``mql test`` to every
+    test task, and it then prints a per-task table and writes it to ``test_results.csv`` / ``.json`` in the run
+    directory.
+
+    Args:
+        enabled: ``False`` evaluates without adaptation: TD3-context (``return`` equals ``return_pre_adapt``).
+        num_val_tasks: Validation tasks adapted to during ``fit`` (the first ones); ``None`` for all.
+        settings: The adaptation settings (numbers of Eq. 18 / Eq. 19 updates, beta clip, lambda, ...).
+    """
+
+    def __init__(
+        self,
+        enabled: bool = True,
+        num_val_tasks: int | None = 5,
+        settings: AdaptationConfig = AdaptationConfig(),  # noqa: B008 - frozen, shared safely
+    ) -> None:
+        super().__init__()
+        if num_val_tasks is not None and num_val_tasks < 0:
+            raise ValueError(f"adaptation num_val_tasks must be >= 0 or null, got {num_val_tasks}")
+        self.enabled, self.num_val_tasks = enabled, num_val_tasks
+        self.settings = settings
+        self._rows: list[dict[str, Any]] = []
+
+    def on_validation_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        """Adapt to one validation task (if it is in the subset)."""
+        if trainer.sanity_checking:
+            return
+        index = int(batch)
+        if self.enabled and self.num_val_tasks is not None and index >= self.num_val_tasks:
+            return
+        self._adapt_and_log(trainer, pl_module, "val", index, outputs)
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Start a fresh results table."""
+        self._rows = []
+
+    def on_test_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        """Adapt to one test task."""
+        self._rows.append(self._adapt_and_log(trainer, pl_module, "test", int(batch), outputs))
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Print the per-task results and write them next to the run's metrics."""
+        if not self._rows or not trainer.is_global_zero:
+            return
+        table = Table(title="MQL test: per-task returns before and after adaptation")
+        columns = list(self._rows[0])
+        for column in columns:
+            table.add_column(column, justify="right")
+        for row in self._rows:
+            table.add_row(*(f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c]) for c in columns))
+        Console().print(table)
+        if trainer.log_dir is not None:
+            out = Path(trainer.log_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            with open(out / "test_results.csv", "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=columns)
+                writer.writeheader()
+                writer.writerows(self._rows)
+            (out / "test_results.json").write_text(json.dumps(self._rows, indent=2))
+
+    def _adapt_and_log(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, split: str, index: int, outputs: Any
+    ) -> dict[str, Any]:
+        pre = float(outputs["return_pre_adapt"])
+        row: dict[str, Any] = {"task": index, "return_pre_adapt": pre}
+        replay = getattr(trainer.datamodule, "replay", None)
+        if not self.enabled or replay is None or replay.num_transitions() == 0:
+            # Nothing to adapt with before any meta-training data exists (the validation at step 0).
+            pl_module.record_eval(split, index, {"return": pre})
+            return {**row, "return": pre}
+        result = self.adapt(trainer.datamodule, pl_module.agent, split, index)
+        adapted = result.agent
+
+        @torch.no_grad()
+        def policy(obs: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+            return adapted.act(obs.to(pl_module.device), history.to(pl_module.device)).float().cpu()
+
+        post = trainer.datamodule.evaluate(policy, split, index)["return"]
+        metrics = {"return": post, **result.metrics()}
+        pl_module.record_eval(split, index, metrics)
+        return {**row, **metrics}
+
+    def adapt(self, datamodule: Any, agent: Any, split: str, index: int) -> AdaptationResult:
+        """Alg. 2 for one held-out task of ``datamodule``, with that task's own random streams."""
+        rng = datamodule.rng_for("adapt", split, index)
+        generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        new_data = collect_adaptation_data(
+            datamodule.make_env, agent, datamodule.task(split, index), datamodule.history_length, self.settings, rng
+        )
+        return adapt_agent(agent, datamodule.replay, new_data, self.settings, generator, datamodule.task_weighting)
