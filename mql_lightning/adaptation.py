@@ -21,7 +21,7 @@ import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import gymnasium
 import numpy as np
@@ -34,7 +34,13 @@ from mql_lightning.modules.losses import actor_loss, critic_loss, proximal_term
 from mql_lightning.modules.propensity import PropensityClassifier, effective_sample_size, proximal_coefficient
 from mql_lightning.modules.td3 import TD3Agent
 
-__all__ = ["AdaptationConfig", "AdaptationResult", "AdaptedPolicy", "adapt_agent", "collect_adaptation_data"]
+if TYPE_CHECKING:
+    from mql_lightning.data.datamodule import MetaRLDataModule
+    from mql_lightning.modules.mql import MQL
+
+__all__ = [
+    "AdaptationConfig", "AdaptationResult", "AdaptedPolicy", "adapt", "adapt_agent", "collect_adaptation_data",
+]
 
 
 @dataclass(frozen=True)
@@ -198,6 +204,36 @@ def adapt_agent(
             trainer.update(batch, classifier.beta(features(batch)), lam)
         agent.eval()
     return AdaptationResult(agent, ess, lam, float(beta.mean()), accuracy, n_new)
+
+
+def adapt(
+    model: MQL, datamodule: MetaRLDataModule, task: dict, config: AdaptationConfig | None = None, seed: int = 0
+) -> AdaptedPolicy:
+    """Adapt a meta-trained model to a task (Alg. 2) and return a policy that acts in a gymnasium env.
+
+    Example::
+
+        model = MQL.load_from_checkpoint("runs/mql/version_0/checkpoints/last.ckpt")
+        data = MetaRLDataModule.from_checkpoint("runs/mql/version_0/checkpoints/last.ckpt")
+        policy = adapt(model, data, {"goal": [0.5, -0.3]})
+        print(policy.result.lam, policy.result.ess)
+
+    Args:
+        model: The meta-trained model (its agent is theta_meta and is not changed).
+        datamodule: Its DataModule, holding the task family and the meta-training replay buffer.
+        task: The new task, a dict of the family's task keys.
+        config: Adaptation settings; the defaults follow the paper.
+        seed: Seed of the adaptation's own random streams (data collection, minibatches, target noise).
+
+    Returns:
+        The adapted policy; ``policy.result`` holds ESS, lambda, mean beta and the classifier's accuracy.
+    """
+    config = config or AdaptationConfig()
+    rng = np.random.default_rng(seed)
+    generator = torch.Generator().manual_seed(seed)
+    new_data = collect_adaptation_data(datamodule.make_env, model.agent, task, datamodule.history_length, config, rng)
+    result = adapt_agent(model.agent, datamodule.replay, new_data, config, generator, datamodule.task_weighting)
+    return AdaptedPolicy(result.agent, datamodule.eval_history_length, result)
 
 
 class _ProximalTD3:

@@ -101,7 +101,7 @@ def test_print_config_round_trips_through_fit(tmp_path: Path, capsys: pytest.Cap
     printed.write_text(capsys.readouterr().out)
     assert yaml.safe_load(printed.read_text())["data"]["env_id"] == "mql/PointRobot-v0"
     main(["fit", "--config", str(printed), *_quiet(tmp_path), "--data.max_env_steps=300", "--data.warmup_steps=200"])
-    assert (tmp_path / "point" / "version_0" / "checkpoints" / "last.ckpt").is_file()
+    assert (tmp_path / "mql" / "version_0" / "checkpoints" / "last.ckpt").is_file()
 
 
 def test_shipped_point_config_runs(tmp_path: Path) -> None:
@@ -137,3 +137,46 @@ def test_invalid_value_is_rejected_before_anything_is_written(tmp_path: Path) ->
 def _quiet(root: Path) -> list[str]:
     return ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
             f"--trainer.logger.init_args.save_dir={root}"]
+
+
+def test_fit_logs_ess_driven_lambda_per_validation_task(trained_run: Path) -> None:
+    last_val = [r for r in read_metrics(trained_run) if "val/return" in r][-1]
+    for i in range(5):
+        ess, lam = float(last_val[f"val/task_{i}/ess"]), float(last_val[f"val/task_{i}/lambda"])
+        assert 0.0 <= ess <= 1.0 and lam == pytest.approx(1.0 - ess, abs=1e-6)
+    assert {"val/return_pre_adapt", "val/beta_mean", "val/classifier_accuracy"} <= set(last_val)
+
+
+def test_test_with_only_a_checkpoint_adapts_to_every_test_task_in_a_new_directory(
+    trained_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = {p: p.read_bytes() for p in trained_run.rglob("*") if p.is_file()}
+    main(["test", "--ckpt_path", str(trained_run / "checkpoints" / "last.ckpt"), "--trainer.enable_progress_bar=false"])
+    assert "per-task returns before and after adaptation" in capsys.readouterr().out
+    assert {p: p.read_bytes() for p in trained_run.rglob("*") if p.is_file()} == before
+    new_run = sorted(trained_run.parent.glob("version_*"))[-1]
+    with open(new_run / "test_results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["task"]) for r in rows] == list(range(5))
+    assert all(float(r["lambda"]) == pytest.approx(1 - float(r["ess"]), abs=1e-6) for r in rows)
+
+
+def test_missing_replay_side_file_is_a_clear_error(trained_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_bytes((trained_run / "config.yaml").read_bytes())
+    (run / "checkpoints" / "last.ckpt").write_bytes((trained_run / "checkpoints" / "last.ckpt").read_bytes())
+    result = subprocess.run(
+        [sys.executable, "-m", "mql_lightning.cli", "test", "--ckpt_path", str(run / "checkpoints" / "last.ckpt"),
+         f"--trainer.logger.init_args.save_dir={tmp_path / 'out'}"],
+        capture_output=True, text=True, check=False,
+    )
+    assert result.returncode == 2
+    assert "last.replay.pt is missing" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["test", "--ckpt_path", str(tmp_path / "nope.ckpt")])
+    assert exit_info.value.code == 2
+    assert "nope.ckpt does not exist" in capsys.readouterr().err

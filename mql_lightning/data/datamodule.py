@@ -265,6 +265,7 @@ class MetaRLDataModule(L.LightningDataModule):
         if self._rng is not None:
             state["rng"] = self._rng.bit_generator.state
             state["sample_generator"] = self._sample_generator.get_state()
+            state["eval_seed"] = self._eval_seed
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -279,9 +280,26 @@ class MetaRLDataModule(L.LightningDataModule):
             self.setup("fit")
             self._rng.bit_generator.state = state_dict["rng"]
             self._sample_generator.set_state(state_dict["sample_generator"])
+            self._eval_seed = state_dict["eval_seed"]
         ckpt_path = getattr(self.trainer, "ckpt_path", None) if self.trainer is not None else None
         if ckpt_path is not None:
             self.load_replay(replay_path(ckpt_path))
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path) -> MetaRLDataModule:
+        """Rebuild the DataModule of a training run from one of its checkpoints, replay buffer included.
+
+        Args:
+            path: A checkpoint written by ``mql fit`` (its ``.replay.pt`` side file must lie beside it).
+
+        Returns:
+            The DataModule with the run's task splits, counters, random streams and meta-training replay.
+        """
+        datamodule = cls.load_from_checkpoint(path, weights_only=True)
+        checkpoint = torch.load(path, weights_only=True)
+        datamodule.load_state_dict(checkpoint[cls.__name__])
+        datamodule.load_replay(replay_path(path))
+        return datamodule
 
     def load_replay(self, path: Path) -> None:
         """Load the meta-training replay buffer from the side file written with the checkpoint being loaded."""

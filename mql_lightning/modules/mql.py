@@ -45,7 +45,8 @@ class MQL(L.LightningModule):
         critic_optimizer: OptimizerCallable = torch.optim.Adam,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["agent", "actor_optimizer", "critic_optimizer"])
+        # Under LightningCLI these hold the parsed config, so MQL.load_from_checkpoint rebuilds the agent.
+        self.save_hyperparameters()
         self.automatic_optimization = False
         self.agent = agent(obs_dim, action_dim)
         # The CLI stores optimiser configs in hparams as dicts; keep the callables themselves.
