@@ -88,7 +88,7 @@ class MetaRLDataModule(L.LightningDataModule):
         updates_per_iteration: int | None = None,
         exploration_noise: float = 0.3,
         max_env_steps: int = 20_000,
-        val_every_env_steps: int = 2_000,
+        val_every_env_steps: int = 4_000,
         validate_at_start: bool = True,
         eval_episodes: int = 4,
         eval_history_length: int | None = None,
