@@ -143,7 +143,10 @@ def main(args: ArgsType = None) -> None:
     program with one ``mql: error: ...`` line and exit code 2, like the parser's own errors.
     """
     try:
-        args = _with_run_config(sys.argv[1:] if args is None else args)
+        given = sys.argv[1:] if args is None else args
+        completed = _with_run_config(given)
+        # Hand LightningCLI the command line itself unless it was completed (it warns when given both).
+        args = None if args is None and completed == given else completed
         MQLCLI(
             MQL,
             MetaRLDataModule,

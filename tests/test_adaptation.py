@@ -311,10 +311,10 @@ def test_lambda_defaults_to_one_minus_ess(
 def test_fixed_lambda_overrides_ess_but_ess_is_still_reported(
     meta_agent: TD3Agent, meta_replay: EpisodeReplay, new_data: EpisodeReplay
 ) -> None:
-    free = run_adapt(meta_agent, meta_replay, new_data, small())
+    by_ess = run_adapt(meta_agent, meta_replay, new_data, small())
     fixed = run_adapt(meta_agent, meta_replay, new_data, small(fixed_lambda=0.5))
     assert fixed.lam == 0.5
-    assert fixed.ess == free.ess  # same generator, same ESS batch
+    assert fixed.ess == by_ess.ess  # same generator, same ESS batch
 
 
 def _distances(result, meta_agent: TD3Agent) -> tuple[float, float]:
@@ -327,24 +327,28 @@ def _distances(result, meta_agent: TD3Agent) -> tuple[float, float]:
 MANY = {"new_task_updates": 30, "replay_updates": 30, "lr": 1e-2}
 
 
+@pytest.fixture(scope="module")
+def free(meta_agent: TD3Agent, meta_replay: EpisodeReplay, new_data: EpisodeReplay) -> tuple[float, float]:
+    """(actor, critic) squared distances from theta_meta after MANY updates with lambda = 0."""
+    return _distances(run_adapt(meta_agent, meta_replay, new_data, small(fixed_lambda=0.0, **MANY)), meta_agent)
+
+
 def test_proximal_term_keeps_the_adapted_agent_close_to_theta_meta(
-    meta_agent: TD3Agent, meta_replay: EpisodeReplay, new_data: EpisodeReplay
+    meta_agent: TD3Agent, meta_replay: EpisodeReplay, new_data: EpisodeReplay, free: tuple[float, float]
 ) -> None:
     pulled = _distances(run_adapt(meta_agent, meta_replay, new_data, small(fixed_lambda=1.0, **MANY)), meta_agent)
-    free = _distances(run_adapt(meta_agent, meta_replay, new_data, small(fixed_lambda=0.0, **MANY)), meta_agent)
     assert sum(pulled) < 0.25 * sum(free)
     assert pulled[0] < 0.25 * free[0] and pulled[1] < 0.25 * free[1]
 
 
 def test_actor_only_proximal_scope_leaves_the_critic_free(
-    meta_agent: TD3Agent, meta_replay: EpisodeReplay, new_data: EpisodeReplay
+    meta_agent: TD3Agent, meta_replay: EpisodeReplay, new_data: EpisodeReplay, free: tuple[float, float]
 ) -> None:
     everything = _distances(run_adapt(meta_agent, meta_replay, new_data, small(fixed_lambda=1.0, **MANY)), meta_agent)
     actor_only = _distances(
         run_adapt(meta_agent, meta_replay, new_data, small(fixed_lambda=1.0, proximal_scope="actor", **MANY)),
         meta_agent,
     )
-    free = _distances(run_adapt(meta_agent, meta_replay, new_data, small(fixed_lambda=0.0, **MANY)), meta_agent)
     assert actor_only[1] > 4.0 * everything[1]  # the critic is no longer pulled back
     assert actor_only[0] < 0.25 * free[0]  # the actor still is
 
