@@ -131,21 +131,26 @@ def collect_adaptation_data(
     config: AdaptationConfig,
     rng: np.random.Generator,
 ) -> EpisodeReplay:
-    """Step 1 of Alg. 2: ``config.num_steps`` steps on the new task with the meta policy, in a one-task replay."""
-    probe = env_fn()
-    limit = config.episode_length or probe.spec.max_episode_steps or config.num_steps
-    probe.close()
+    """Step 1 of Alg. 2: ``config.num_steps`` steps on the new task with the meta policy, in a one-task replay.
+
+    Episodes are collected in lockstep, as many at a time as the remaining steps need, until ``num_steps``
+    transitions are in (episodes that terminate early are made up for); the last one is cut to fit.
+    """
     make = env_fn if config.episode_length is None else _with_time_limit(env_fn, config.episode_length)
-    obs_dim, action_dim = agent.obs_dim, agent.action_dim
-    collector = Collector(make, obs_dim, action_dim, history_length)
-    episodes = collector.rollout(
-        [task] * math.ceil(config.num_steps / limit), [0] * math.ceil(config.num_steps / limit), rng,
-        policy=_policy(agent), noise_std=config.exploration_noise,
-    )
+    probe = make()
+    limit = getattr(probe.spec, "max_episode_steps", None) or config.episode_length or config.num_steps
+    probe.close()
+    collector = Collector(make, agent.obs_dim, agent.action_dim, history_length)
+    episodes, collected = [], 0
+    while collected < config.num_steps:
+        n = math.ceil((config.num_steps - collected) / limit)
+        batch = collector.rollout([task] * n, [0] * n, rng, policy=_policy(agent), noise_std=config.exploration_noise)
+        episodes += batch
+        collected += sum(ep.length for ep in batch)
     collector.close()
-    new_data = EpisodeReplay(1, sum(ep.length for ep in episodes), obs_dim, action_dim, history_length)
+    new_data = EpisodeReplay(1, config.num_steps, agent.obs_dim, agent.action_dim, history_length)
     budget = config.num_steps
-    for ep in episodes:  # the last episode is cut so that exactly num_steps transitions are kept
+    for ep in episodes:
         keep = min(ep.length, budget)
         if keep > 0:
             new_data.add_episode(0, ep.obs[:keep], ep.actions[:keep], ep.rewards[:keep], ep.next_obs[:keep],

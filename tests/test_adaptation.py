@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import gymnasium
@@ -76,6 +77,17 @@ def episode_starts(data: EpisodeReplay) -> list[int]:
 
 
 # ------------------------------------------------------------------------------------------------------ fixtures
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """One torch thread, for module fixtures (set up before conftest's per-test thread fixture)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def meta_replay() -> EpisodeReplay:
     """Meta-training replay: 4 random episodes on each of 4 point-robot training tasks (320 transitions)."""
@@ -93,6 +105,11 @@ def meta_replay() -> EpisodeReplay:
 @pytest.fixture(scope="module")
 def meta_agent(meta_replay: EpisodeReplay) -> TD3Agent:
     """theta_meta: a small TD3-context agent after 20 TD3 updates (so target networks differ from online ones)."""
+    with one_thread():
+        return _pretrained_agent(meta_replay)
+
+
+def _pretrained_agent(meta_replay: EpisodeReplay) -> TD3Agent:
     agent = make_agent(0)
     actor_opt = torch.optim.Adam(agent.actor_parameters(), lr=1e-3)
     critic_opt = torch.optim.Adam(agent.critic_parameters(), lr=1e-3)
@@ -116,7 +133,8 @@ def meta_agent(meta_replay: EpisodeReplay) -> TD3Agent:
 @pytest.fixture(scope="module")
 def new_data(meta_agent: TD3Agent) -> EpisodeReplay:
     """40 steps of the meta policy on the new task."""
-    return collect_adaptation_data(env_fn, meta_agent, NEW_TASK, H, small(), np.random.default_rng(3))
+    with one_thread():
+        return collect_adaptation_data(env_fn, meta_agent, NEW_TASK, H, small(), np.random.default_rng(3))
 
 
 def run_adapt(meta_agent: TD3Agent, meta_replay: EpisodeReplay, new_data: EpisodeReplay, config: AdaptationConfig,
@@ -226,8 +244,6 @@ class _TerminatesAfterSeven(PointRobotEnv):
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
-@pytest.mark.xfail(strict=True, reason="BUG: collect_adaptation_data runs ceil(num_steps / time_limit) episodes, so "
-                   "early terminations leave fewer than num_steps transitions (70 instead of 200 here)")
 def test_collect_adaptation_data_keeps_num_steps_when_episodes_terminate_early(meta_agent: TD3Agent) -> None:
     spec = EnvSpec(id="TerminatesAfterSeven-v0", entry_point=_TerminatesAfterSeven, max_episode_steps=EPISODE_LENGTH)
     data = collect_adaptation_data(lambda: gymnasium.make(spec), meta_agent, NEW_TASK, H, AdaptationConfig(),
@@ -330,7 +346,8 @@ MANY = {"new_task_updates": 30, "replay_updates": 30, "lr": 1e-2}
 @pytest.fixture(scope="module")
 def free(meta_agent: TD3Agent, meta_replay: EpisodeReplay, new_data: EpisodeReplay) -> tuple[float, float]:
     """(actor, critic) squared distances from theta_meta after MANY updates with lambda = 0."""
-    return _distances(run_adapt(meta_agent, meta_replay, new_data, small(fixed_lambda=0.0, **MANY)), meta_agent)
+    with one_thread():
+        return _distances(run_adapt(meta_agent, meta_replay, new_data, small(fixed_lambda=0.0, **MANY)), meta_agent)
 
 
 def test_proximal_term_keeps_the_adapted_agent_close_to_theta_meta(

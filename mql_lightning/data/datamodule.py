@@ -66,6 +66,8 @@ class MetaRLDataModule(L.LightningDataModule):
         max_env_steps: Training budget in environment steps.
         val_every_env_steps: Validation interval in environment steps.
         validate_at_start: Also validate the untrained policy at step 0.
+        tasks_per_validation: Validation tasks evaluated (and adapted to) at each validation during ``fit``: the
+            first ones of the split, a fixed subset that keeps validation affordable; ``None`` for all.
         eval_episodes: Evaluation episodes per held-out task.
         eval_history_length: Context window at evaluation; ``None`` uses ``history_length``.
     """
@@ -90,6 +92,7 @@ class MetaRLDataModule(L.LightningDataModule):
         max_env_steps: int = 20_000,
         val_every_env_steps: int = 4_000,
         validate_at_start: bool = True,
+        tasks_per_validation: int | None = 5,
         eval_episodes: int = 4,
         eval_history_length: int | None = None,
     ) -> None:
@@ -100,7 +103,7 @@ class MetaRLDataModule(L.LightningDataModule):
             val_every_env_steps=val_every_env_steps, eval_episodes=eval_episodes,
         )
         _check_positive(updates_per_iteration=updates_per_iteration, eval_history_length=eval_history_length,
-                        optional=True)
+                        tasks_per_validation=tasks_per_validation, optional=True)
         if warmup_steps < 0 or exploration_noise < 0 or num_val_tasks < 0 or num_test_tasks < 0:
             raise ValueError("warmup_steps, exploration_noise, num_val_tasks and num_test_tasks must be >= 0")
         if task_weighting not in ("task", "transition"):
@@ -114,7 +117,7 @@ class MetaRLDataModule(L.LightningDataModule):
         self.episodes_per_iteration, self.updates_per_iteration = episodes_per_iteration, updates_per_iteration
         self.exploration_noise, self.eval_episodes = exploration_noise, eval_episodes
         self.val_every_env_steps, self.validate_at_start = val_every_env_steps, validate_at_start
-        self.replay_capacity = replay_capacity
+        self.replay_capacity, self.tasks_per_validation = replay_capacity, tasks_per_validation
 
         # Dimensions and splits are known right away: LightningCLI links obs_dim/action_dim into the model.
         probe = make_env(env_id, **self.env_kwargs)
@@ -178,8 +181,8 @@ class MetaRLDataModule(L.LightningDataModule):
         return _UpdateStream(self)
 
     def val_dataloader(self) -> list[int]:
-        """One batch per validation task: its index."""
-        return list(range(len(self.tasks.val)))
+        """One batch per validation task evaluated (the first ``tasks_per_validation``): its index."""
+        return list(range(min(len(self.tasks.val), self.tasks_per_validation or len(self.tasks.val))))
 
     def test_dataloader(self) -> list[int]:
         """One batch per test task: its index."""

@@ -21,27 +21,23 @@ class AdaptationCallback(L.Callback):
     After the model has evaluated the meta-policy on a held-out task (``<split>/return_pre_adapt``), this callback
     runs Alg. 2 on a copy of the agent (:func:`mql_lightning.adaptation.adapt_agent`), evaluates the adapted policy
     on the same start states, and logs ``<split>/return`` with ``ess``, ``lambda``, ``beta_mean`` and
-    ``classifier_accuracy``, per task (``val/task_3/lambda``) and averaged over tasks. During ``fit`` it adapts to
-    the first ``num_val_tasks`` validation tasks only, to keep validation affordable; under ``mql test`` to every
-    test task, and it then prints a per-task table and writes it to ``test_results.csv`` / ``.json`` in the run
-    directory.
+    ``classifier_accuracy``, per task (``val/task_3/lambda``) and averaged over tasks. It adapts to every task the
+    validation evaluates (the DataModule's ``tasks_per_validation``, so that before and after average over the same
+    tasks) and, under ``mql test``, to every test task; it then prints a per-task table and, when the run has a
+    logger, writes it to ``test_results.csv`` / ``.json`` in the run directory.
 
     Args:
         enabled: ``False`` evaluates without adaptation: TD3-context (``return`` equals ``return_pre_adapt``).
-        num_val_tasks: Validation tasks adapted to during ``fit`` (the first ones); ``None`` for all.
         settings: The adaptation settings (numbers of Eq. 18 / Eq. 19 updates, beta clip, lambda, ...).
     """
 
     def __init__(
         self,
         enabled: bool = True,
-        num_val_tasks: int | None = 5,
         settings: AdaptationConfig = AdaptationConfig(),  # noqa: B008 - frozen, shared safely
     ) -> None:
         super().__init__()
-        if num_val_tasks is not None and num_val_tasks < 0:
-            raise ValueError(f"adaptation num_val_tasks must be >= 0 or null, got {num_val_tasks}")
-        self.enabled, self.num_val_tasks = enabled, num_val_tasks
+        self.enabled = enabled
         self.settings = settings
         self._rows: list[dict[str, Any]] = []
 
@@ -49,13 +45,9 @@ class AdaptationCallback(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        """Adapt to one validation task (if it is in the subset)."""
-        if trainer.sanity_checking:
-            return
-        index = int(batch)
-        if self.enabled and self.num_val_tasks is not None and index >= self.num_val_tasks:
-            return
-        self._adapt_and_log(trainer, pl_module, "val", index, outputs)
+        """Adapt to one validation task."""
+        if not trainer.sanity_checking:
+            self._adapt_and_log(trainer, pl_module, "val", int(batch), outputs)
 
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Start a fresh results table."""
@@ -79,7 +71,7 @@ class AdaptationCallback(L.Callback):
         for row in self._rows:
             table.add_row(*(f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c]) for c in columns))
         Console().print(table)
-        if trainer.log_dir is not None:
+        if trainer.loggers and trainer.log_dir is not None:  # no logger: nothing is written to the disk
             out = Path(trainer.log_dir)
             out.mkdir(parents=True, exist_ok=True)
             with open(out / "test_results.csv", "w", newline="") as f:
