@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +143,10 @@ def main(args: ArgsType = None) -> None:
     Bad values that only show when components are built (an unknown task family, a zero batch size, ...) end the
     program with one ``mql: error: ...`` line and exit code 2, like the parser's own errors.
     """
+    # training_step pulls its batch through `dataloader_iter` on purpose (DESIGN decision 11): silence Lightning's
+    # "experimental" notices about it, which would otherwise greet every run.
+    warnings.filterwarnings("ignore", message=r".*`dataloader_iter`.*")
+    warnings.filterwarnings("ignore", message=r".*dataloader_iter. step flavor.*")
     try:
         given = sys.argv[1:] if args is None else args
         completed = _with_run_config(given)
