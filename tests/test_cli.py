@@ -180,3 +180,29 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path: Path, capsys: pytest.Capt
         main(["test", "--ckpt_path", str(tmp_path / "nope.ckpt")])
     assert exit_info.value.code == 2
     assert "nope.ckpt does not exist" in capsys.readouterr().err
+
+
+def test_python_api_adapts_a_trained_checkpoint_and_acts_in_an_env(trained_run: Path) -> None:
+    from mql_lightning.adaptation import AdaptationConfig, adapt
+    from mql_lightning.data.datamodule import MetaRLDataModule
+    from mql_lightning.envs import make_env
+    from mql_lightning.modules import MQL
+
+    ckpt = trained_run / "checkpoints" / "last.ckpt"
+    model, data = MQL.load_from_checkpoint(ckpt), MetaRLDataModule.from_checkpoint(ckpt)
+    assert data.replay.num_transitions() == 4000
+    before = {k: v.clone() for k, v in model.agent.state_dict().items()}
+    task = {"goal": [0.5, -0.3]}
+    policy = adapt(model, data, task, AdaptationConfig(replay_updates=20))
+    assert policy.result.lam == pytest.approx(1 - policy.result.ess)
+    assert all(torch.equal(before[k], v) for k, v in model.agent.state_dict().items())
+    env = make_env("mql/PointRobot-v0")
+    env.unwrapped.set_task(task)
+    obs, _ = env.reset(seed=0)
+    policy.reset()
+    steps, done = 0, False
+    while not done:
+        obs, reward, terminated, truncated, _ = env.step(policy.act(obs))
+        policy.observe(reward)
+        steps, done = steps + 1, terminated or truncated
+    assert steps == 20
