@@ -30,9 +30,9 @@ from torch import nn
 
 from mql_lightning.data.collector import Collector
 from mql_lightning.data.replay import EpisodeReplay, ReplayBatch
-from mql_lightning.modules.losses import actor_loss, critic_loss, proximal_term
+from mql_lightning.modules.losses import proximal_term
 from mql_lightning.modules.propensity import PropensityClassifier, effective_sample_size, proximal_coefficient
-from mql_lightning.modules.td3 import TD3Agent
+from mql_lightning.modules.td3 import TD3Agent, td3_update
 
 if TYPE_CHECKING:
     from mql_lightning.data.datamodule import MetaRLDataModule
@@ -256,18 +256,20 @@ class _ProximalTD3:
         self.updates = 0
 
     def update(self, batch: ReplayBatch, weights: torch.Tensor | None, lam: float) -> None:
-        loss, _ = critic_loss(self.agent, batch, self.generator, weights)
-        if lam > 0 and self.proximal_critic:
-            loss = loss + 0.5 * lam * proximal_term(self.critic_params, self.critic_anchor)
-        _step(self.critic_opt, loss)
         self.updates += 1
-        if self.updates % self.agent.policy_delay == 0:
-            with _frozen(self.critic_params):
-                loss, _ = actor_loss(self.agent, batch, weights)
-                if lam > 0:
-                    loss = loss + 0.5 * lam * proximal_term(self.actor_params, self.actor_anchor)
-                _step(self.actor_opt, loss)
-            self.agent.update_targets()
+
+        def penalty(kind: str) -> torch.Tensor:
+            if kind == "actor":
+                return 0.5 * lam * proximal_term(self.actor_params, self.actor_anchor)
+            if self.proximal_critic:
+                return 0.5 * lam * proximal_term(self.critic_params, self.critic_anchor)
+            return torch.zeros((), device=batch.obs.device)
+
+        td3_update(
+            self.agent, batch, self.updates, self.actor_opt, self.critic_opt, torch.Tensor.backward,
+            freeze_critic=lambda: _frozen(self.critic_params), generator=self.generator, weights=weights,
+            penalty=penalty if lam > 0 else None,
+        )
 
 
 class AdaptedPolicy:
@@ -350,12 +352,6 @@ def _per_task_share(replay: EpisodeReplay, total: int, generator: torch.Generato
 
 def _to(batch: ReplayBatch, device: torch.device) -> ReplayBatch:
     return ReplayBatch(*(t.to(device) for t in batch))
-
-
-def _step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
 
 
 class _frozen:

@@ -13,8 +13,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from mql_lightning.data.replay import ReplayBatch
-from mql_lightning.modules.losses import actor_loss, critic_loss
-from mql_lightning.modules.td3 import TD3Agent
+from mql_lightning.modules.td3 import TD3Agent, td3_update
 
 EVAL_METRICS = ("return", "return_pre_adapt", "ess", "lambda", "beta_mean", "classifier_accuracy")
 """What is logged per held-out task: return after and before adaptation, ESS, lambda, mean beta, classifier accuracy."""
@@ -84,20 +83,11 @@ class MQL(L.LightningModule):
         batch = ReplayBatch(*(t.to(self.device, non_blocking=True) for t in item[0]))
         actor_opt, critic_opt = self.optimizers()
 
-        loss_c, info = critic_loss(self.agent, batch, self.noise_generator)
-        critic_opt.zero_grad(set_to_none=True)
-        self.manual_backward(loss_c)
-        critic_opt.step()
-
         self.num_updates += 1
-        loss_a = None
-        if self.num_updates % self.agent.policy_delay == 0:
-            with self.toggled_optimizer(actor_opt):
-                loss_a, _ = actor_loss(self.agent, batch)
-                actor_opt.zero_grad(set_to_none=True)
-                self.manual_backward(loss_a)
-                actor_opt.step()
-            self.agent.update_targets()
+        loss_c, loss_a, info = td3_update(
+            self.agent, batch, self.num_updates, actor_opt, critic_opt, self.manual_backward,
+            freeze_critic=lambda: self.toggled_optimizer(actor_opt), generator=self.noise_generator,
+        )
 
         if self.num_updates % self.trainer.log_every_n_steps == 0:
             self._log_training(loss_c, loss_a, info)

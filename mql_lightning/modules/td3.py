@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
 from torch import nn
 
 from mql_lightning.modules.context import ContextEncoder
+from mql_lightning.modules.losses import actor_loss, critic_loss
 from mql_lightning.modules.networks import Actor, TwinCritic
+
+if TYPE_CHECKING:
+    from mql_lightning.data.replay import ReplayBatch
 
 
 class TD3Agent(L.LightningModule):
@@ -137,6 +143,58 @@ class TD3Agent(L.LightningModule):
         src = [p for m in online for p in m.parameters()]
         dst = [p for m in target for p in m.parameters()]
         torch._foreach_lerp_(dst, src, self.tau)
+
+
+def td3_update(
+    agent: TD3Agent,
+    batch: ReplayBatch,
+    update_index: int,
+    actor_optimizer: torch.optim.Optimizer,
+    critic_optimizer: torch.optim.Optimizer,
+    backward: Callable[[torch.Tensor], None],
+    freeze_critic: Callable[[], AbstractContextManager[Any]],
+    generator: torch.Generator | None = None,
+    weights: torch.Tensor | None = None,
+    penalty: Callable[[str], torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]:
+    """One TD3 update: a critic step, and every ``policy_delay`` updates an actor step and a target update.
+
+    The one update rule of meta-training (Eq. 15) and of both adaptation steps (Eq. 18, and Eq. 19 with the
+    per-sample ``weights`` beta); callers bring their optimisers and backward pass (Lightning's ``manual_backward``
+    in :class:`~mql_lightning.modules.mql.MQL`, plain autograd in adaptation).
+
+    Args:
+        agent: The agent to update.
+        batch: The minibatch.
+        update_index: 1-based count of critic updates including this one (decides the delayed actor step).
+        actor_optimizer: Optimiser of :meth:`TD3Agent.actor_parameters`.
+        critic_optimizer: Optimiser of :meth:`TD3Agent.critic_parameters`.
+        backward: Runs the backward pass of a loss.
+        freeze_critic: Context manager keeping the critics out of the actor step's graph.
+        generator: RNG of the target-policy smoothing noise.
+        weights: Optional per-sample loss weights (Eq. 19).
+        penalty: Optional ``"actor" | "critic" -> tensor`` added to that loss (the proximal term of Eqs. 18-19).
+
+    Returns:
+        The critic loss, the actor loss (``None`` without an actor step) and the critic's metrics.
+    """
+    loss_c, info = critic_loss(agent, batch, generator, weights)
+    if penalty is not None:
+        loss_c = loss_c + penalty("critic")
+    critic_optimizer.zero_grad(set_to_none=True)
+    backward(loss_c)
+    critic_optimizer.step()
+    loss_a = None
+    if update_index % agent.policy_delay == 0:
+        with freeze_critic():
+            loss_a, _ = actor_loss(agent, batch, weights)
+            if penalty is not None:
+                loss_a = loss_a + penalty("actor")
+            actor_optimizer.zero_grad(set_to_none=True)
+            backward(loss_a)
+            actor_optimizer.step()
+        agent.update_targets()
+    return loss_c, loss_a, info
 
 
 def _frozen_copy(module: nn.Module | None) -> nn.Module | None:
