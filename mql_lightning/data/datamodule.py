@@ -62,6 +62,8 @@ class MetaRLDataModule(L.LightningDataModule):
         warmup_steps: Environment steps of uniformly random actions before the first update.
         episodes_per_iteration: Episodes collected per iteration, stepped in lockstep.
         updates_per_iteration: Gradient updates per iteration; ``None`` gives one update per collected step.
+        min_buffer_size: Until the replay holds this many transitions, an iteration makes one update per collected
+            step whatever ``updates_per_iteration`` says (the authors' ``min_buffer_size``, 100,000).
         exploration_noise: Std of the Gaussian noise on the policy's actions while collecting.
         max_env_steps: Training budget in environment steps.
         val_every_env_steps: Validation interval in environment steps.
@@ -88,6 +90,7 @@ class MetaRLDataModule(L.LightningDataModule):
         warmup_steps: int = 2_000,
         episodes_per_iteration: int = 1,
         updates_per_iteration: int | None = None,
+        min_buffer_size: int = 0,
         exploration_noise: float = 0.3,
         max_env_steps: int = 20_000,
         val_every_env_steps: int = 4_000,
@@ -104,8 +107,10 @@ class MetaRLDataModule(L.LightningDataModule):
         )
         _check_positive(updates_per_iteration=updates_per_iteration, eval_history_length=eval_history_length,
                         tasks_per_validation=tasks_per_validation, optional=True)
-        if warmup_steps < 0 or exploration_noise < 0 or num_val_tasks < 0 or num_test_tasks < 0:
-            raise ValueError("warmup_steps, exploration_noise, num_val_tasks and num_test_tasks must be >= 0")
+        if min(warmup_steps, exploration_noise, num_val_tasks, num_test_tasks, min_buffer_size) < 0:
+            raise ValueError(
+                "warmup_steps, exploration_noise, num_val_tasks, num_test_tasks and min_buffer_size must be >= 0"
+            )
         if task_weighting not in ("task", "transition"):
             raise ValueError(f"task_weighting must be 'task' or 'transition', got {task_weighting!r}")
         self.save_hyperparameters()
@@ -115,6 +120,7 @@ class MetaRLDataModule(L.LightningDataModule):
         self.batch_size, self.task_weighting = batch_size, task_weighting
         self.warmup_steps, self.max_env_steps = warmup_steps, max_env_steps
         self.episodes_per_iteration, self.updates_per_iteration = episodes_per_iteration, updates_per_iteration
+        self.min_buffer_size = min_buffer_size
         self.exploration_noise, self.eval_episodes = exploration_noise, eval_episodes
         self.val_every_env_steps, self.validate_at_start = val_every_env_steps, validate_at_start
         self.replay_capacity, self.tasks_per_validation = replay_capacity, tasks_per_validation
@@ -209,7 +215,8 @@ class MetaRLDataModule(L.LightningDataModule):
                 self._warm_up()
                 continue
             collected = self._collect_iteration()
-            progress.updates_left = self.updates_per_iteration or collected
+            ramping = self.updates_per_iteration is None or len(self.replay) < self.min_buffer_size
+            progress.updates_left = collected if ramping else self.updates_per_iteration
         progress.updates_left -= 1
         return self.replay.sample(self.batch_size, self._sample_generator, task_weighting=self.task_weighting)
 

@@ -55,9 +55,12 @@ class MetaEnv(gymnasium.Env, metaclass=abc.ABCMeta):
     Attributes:
         ood_regions: Names of the family's out-of-distribution regions, besides ``"all"``. Empty when the family
             has none; otherwise ``("ood_train", "ood_test")``, two disjoint parts of the task space.
+        eval_on_train_tasks: The family has a small fixed task set (the two-task direction families) and, as in the
+            paper, is validated and tested on its training tasks instead of held-out ones.
     """
 
     ood_regions: tuple[str, ...] = ()
+    eval_on_train_tasks: bool = False
     _task: dict[str, Any]
 
     @classmethod

@@ -27,6 +27,8 @@ class TaskSplits:
         train: Meta-training tasks.
         val: Validation tasks (adapted to during validation).
         test: Test tasks (adapted to under ``mql test``).
+        held_out: Whether validation and test tasks are disjoint from training ones (``False`` only for families
+            evaluated on their training tasks, see :attr:`MetaEnv.eval_on_train_tasks`).
 
     Raises:
         ValueError: If a task appears in two splits.
@@ -35,8 +37,11 @@ class TaskSplits:
     train: list[dict[str, Any]]
     val: list[dict[str, Any]]
     test: list[dict[str, Any]]
+    held_out: bool = True
 
     def __post_init__(self) -> None:
+        if not self.held_out:
+            return
         seen: dict[str, str] = {}
         for name in ("train", "val", "test"):
             for key in {_task_key(task) for task in getattr(self, name)}:
@@ -81,6 +86,12 @@ def make_task_splits(
     if num_train == 0:
         raise ValueError("num_train must be >= 1: meta-training needs at least one task")
 
+    if family.eval_on_train_tasks:
+        if ood:
+            raise ValueError(f"{type(family).__name__} has a fixed task set and no out-of-distribution split")
+        # The paper evaluates the two-task direction families on the tasks they train on.
+        train = family.sample_tasks(num_train, seed, "all")
+        return TaskSplits(train=train, val=train[:num_val], test=train[:num_test], held_out=False)
     if ood:
         train_seq, eval_seq = np.random.SeedSequence(seed).spawn(2)
         train = family.sample_tasks(num_train, _int_seed(train_seq), "ood_train")
