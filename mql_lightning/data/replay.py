@@ -29,7 +29,7 @@ import torch
 __all__ = ["EpisodeReplay", "ReplayBatch"]
 
 # Bumped whenever the state-dict layout changes, so old side files fail loudly instead of silently.
-_STATE_VERSION = 1
+_STATE_VERSION = 2
 _STATE_KEYS = frozenset(
     {
         "version",
@@ -422,11 +422,13 @@ class EpisodeReplay:
     def state_dict(self) -> dict[str, Any]:
         """Return the buffer's state: tensors and Python ints only (loads with ``weights_only=True``).
 
-        The tensors are the live storage, not copies (as with ``nn.Module.state_dict``).
+        Only the filled slots are kept (each task's ring is filled from its start), so a side file is as large as
+        the data, not as the preallocated capacity.
 
         Returns:
-            A dict with the dimensions, the storage tensors and the per-task ``ptr`` / ``size``.
+            A dict with the dimensions, the filled rows of the storage and the per-task ``ptr`` / ``size``.
         """
+        filled = self._filled_slots()
         return {
             "version": _STATE_VERSION,
             "num_tasks": self._num_tasks,
@@ -434,13 +436,20 @@ class EpisodeReplay:
             "obs_dim": self._obs_dim,
             "action_dim": self._action_dim,
             "history_length": self._history_length,
-            "entry": self._entry,
-            "next_obs": self._next_obs,
-            "terminated": self._terminated,
-            "step": self._step,
-            "ptr": self._ptr,
-            "size": self._size,
+            "entry": self._entry.index_select(0, filled),
+            "next_obs": self._next_obs.index_select(0, filled),
+            "terminated": self._terminated.index_select(0, filled),
+            "step": self._step.index_select(0, filled),
+            "ptr": self._ptr.clone(),
+            "size": self._size.clone(),
         }
+
+    def _filled_slots(self, size: torch.Tensor | None = None) -> torch.Tensor:
+        """Flat indices of the filled slots: ``[k * capacity, k * capacity + size_k)`` for every task ``k``."""
+        size = self._size if size is None else size
+        starts = torch.arange(self._num_tasks, dtype=torch.int64) * self._capacity
+        offsets = torch.arange(int(size.sum())) - torch.repeat_interleave(torch.cumsum(size, 0) - size, size)
+        return torch.repeat_interleave(starts, size) + offsets
 
     def _validated_tensors(self, state: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Check a state dict against this buffer's dims; return its tensors (CPU, right dtype)."""
@@ -465,9 +474,12 @@ class EpisodeReplay:
         if wrong:
             detail = ", ".join(f"{k}: state has {got}, buffer has {want}" for k, (got, want) in wrong.items())
             raise ValueError(f"replay state does not match this buffer ({detail})")
-        n = self._num_tasks * self._capacity
+        size = state["size"]
+        if not (isinstance(size, torch.Tensor) and size.shape == (self._num_tasks,) and size.dtype == torch.int64):
+            raise ValueError(f"replay state 'size' must be an int64 tensor of shape ({self._num_tasks},)")
+        n = int(size.clamp(0, self._capacity).sum())
         specs = {
-            "entry": ((n + 1, self._context_dim), torch.float32),
+            "entry": ((n, self._context_dim), torch.float32),
             "next_obs": ((n, self._obs_dim), torch.float32),
             "terminated": ((n,), torch.bool),
             "step": ((n,), torch.int32),
@@ -499,9 +511,13 @@ class EpisodeReplay:
             ValueError: If keys, version, dimensions, shapes or dtypes do not match this buffer.
         """
         tensors = self._validated_tensors(state)
+        self._ptr.copy_(tensors.pop("ptr"))
+        self._size.copy_(tensors.pop("size"))
+        filled = self._filled_slots()
         for key, value in tensors.items():
-            getattr(self, f"_{key}").copy_(value)
-        self._entry[self._zero_slot].zero_()  # the padding row must stay zero whatever was saved
+            storage = getattr(self, f"_{key}")
+            storage.zero_()
+            storage.index_copy_(0, filled, value)
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Atomically save the buffer to ``path`` (temporary file in the same directory, then ``os.replace``).
@@ -527,9 +543,6 @@ class EpisodeReplay:
     def load(cls, path: str | os.PathLike[str]) -> EpisodeReplay:
         """Load a buffer saved with :meth:`save` (``torch.load(weights_only=True)``).
 
-        The loaded tensors are adopted rather than copied into fresh storage, so a large buffer
-        does not need twice its size in memory while loading.
-
         Args:
             path: File written by :meth:`save`.
 
@@ -543,11 +556,6 @@ class EpisodeReplay:
         dim_keys = ("num_tasks", "capacity_per_task", "obs_dim", "action_dim", "history_length")
         if not (isinstance(state, dict) and all(k in state for k in dim_keys)):
             raise ValueError(f"{path} does not hold an EpisodeReplay state dict")
-        dims = [state[k] for k in dim_keys]
-        buffer = cls.__new__(cls)
-        buffer._set_dims(*dims)
-        tensors = buffer._validated_tensors(state)
-        for key, value in tensors.items():
-            setattr(buffer, f"_{key}", value.contiguous())
-        buffer._entry[buffer._zero_slot].zero_()
+        buffer = cls(*(state[k] for k in dim_keys))
+        buffer.load_state_dict(state)
         return buffer

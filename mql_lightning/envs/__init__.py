@@ -21,6 +21,10 @@ _NAMESPACE = "mql/"
 _FAMILIES: dict[str, tuple[str, int]] = {
     "mql/PointRobot-v0": ("mql_lightning.envs.point_robot:PointRobotEnv", 20),
     "mql/SparsePointRobot-v0": ("mql_lightning.envs.point_robot:SparsePointRobotEnv", 20),
+    "mql/HalfCheetahVel-v0": ("mql_lightning.envs.half_cheetah:HalfCheetahVelEnv", 200),
+    "mql/HalfCheetahFwdBack-v0": ("mql_lightning.envs.half_cheetah:HalfCheetahFwdBackEnv", 200),
+    "mql/AntFwdBack-v0": ("mql_lightning.envs.ant:AntFwdBackEnv", 200),
+    "mql/AntGoal-v0": ("mql_lightning.envs.ant:AntGoalEnv", 200),
 }
 
 for _env_id, (_entry_point, _max_steps) in _FAMILIES.items():

@@ -113,7 +113,7 @@ class AntFwdBackEnv(_AntEnv):
     ctrl_cost_weight: ClassVar[float] = 0.5
     survive_reward: ClassVar[float] = 1.0
     #: The two tasks are both trained and evaluated on (DESIGN decision 8).
-    eval_on_train_tasks: ClassVar[bool] = True
+    eval_on_train_tasks = True
     #: rlkit's ``forward_backward`` task set.
     directions: ClassVar[tuple[float, float]] = (0.0, math.pi)
 

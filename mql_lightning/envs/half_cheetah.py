@@ -49,15 +49,18 @@ class _HalfCheetahTaskEnv(MujocoTaskEnv):
     def __init__(self, render_mode: str | None = None, **kwargs: Any) -> None:
         # qpos + U(±0.1), qvel + 0.1 * N(0, 1): gym 0.12's HalfCheetahEnv.reset_model, which MQL/PEARL inherit.
         super().__init__(
-            "half_cheetah.xml", frame_skip=5, obs_dim=20, reset_noise_scale=0.1, qvel_noise="normal",
-            render_mode=render_mode, **kwargs,
+            "half_cheetah.xml",
+            frame_skip=5,
+            obs_dim=20,
+            reset_noise_scale=0.1,
+            qvel_noise="normal",
+            render_mode=render_mode,
+            **kwargs,
         )
 
     def _get_obs(self) -> np.ndarray:
         # qpos[0] (the x position) is excluded as in gym; the torso position is MQL/PEARL's addition (get_body_com).
-        return np.concatenate(
-            [self.data.qpos[1:], self.data.qvel, self.data.body("torso").xpos]
-        ).astype(np.float64)
+        return np.concatenate([self.data.qpos[1:], self.data.qvel, self.data.body("torso").xpos]).astype(np.float64)
 
     def _before_step(self) -> float:
         # The original differences qpos[0] (the root x slide joint), not the torso com.
@@ -111,9 +114,7 @@ class HalfCheetahVelEnv(_HalfCheetahTaskEnv):
 
     ood_regions = ("ood_train", "ood_test")
 
-    def __init__(
-        self, ood_train_max_velocity: float = 2.5, render_mode: str | None = None, **kwargs: Any
-    ) -> None:
+    def __init__(self, ood_train_max_velocity: float = 2.5, render_mode: str | None = None, **kwargs: Any) -> None:
         if not _is_real(ood_train_max_velocity) or not 0.0 < ood_train_max_velocity <= OOD_TEST_MIN_VELOCITY:
             raise ValueError(
                 f"ood_train_max_velocity must be in (0, {OOD_TEST_MIN_VELOCITY}] so the OOD train and test "

@@ -417,3 +417,18 @@ def test_sizes_counts_and_memory_accounting() -> None:
     assert buf.bytes_per_transition == 4 * C + 4 * OBS + 1 + 4  # independent of H
     assert buf.nbytes >= 30 * buf.bytes_per_transition
     assert buf.nbytes < 31 * buf.bytes_per_transition + 64
+
+
+def test_state_dict_keeps_only_the_filled_slots_and_round_trips() -> None:
+    replay = EpisodeReplay(num_tasks=3, capacity_per_task=50, obs_dim=2, action_dim=1, history_length=3)
+    rng = np.random.default_rng(0)
+    for task, length in ((0, 7), (2, 20), (2, 40)):  # task 2 wraps, task 1 stays empty
+        replay.add_episode(task, rng.normal(size=(length, 2)), rng.normal(size=(length, 1)), rng.normal(size=length),
+                           rng.normal(size=(length, 2)), np.zeros(length, dtype=bool))
+    state = replay.state_dict()
+    assert state["entry"].shape[0] == state["next_obs"].shape[0] == 7 + 50
+    copy = EpisodeReplay(num_tasks=3, capacity_per_task=50, obs_dim=2, action_dim=1, history_length=3)
+    copy.load_state_dict(state)
+    task, position = torch.tensor([0, 0, 2, 2, 2]), torch.tensor([0, 6, 0, 9, 49])
+    for a, b in zip(replay.gather(task, position), copy.gather(task, position), strict=True):
+        assert torch.equal(a, b)

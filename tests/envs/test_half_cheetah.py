@@ -83,15 +83,18 @@ def test_never_terminates_and_time_limit_truncates_at_200(family: type) -> None:
 
 
 def test_cheetah_vel_default_task_set_is_the_legacy_seed_1337_draw() -> None:
-    np.random.seed(1337)  # noqa: NPY002 - the original's exact (legacy, global) call sequence is the reference
-    expected = np.random.uniform(0, 3.0, size=(130,))  # noqa: NPY002
-    velocities = [task["velocity"] for task in HalfCheetahVelEnv().sample_tasks(130, 1337)]
+    saved = np.random.get_state()  # restored below so other tests do not see a re-seeded global RNG
+    try:
+        np.random.seed(1337)  # the original's exact legacy global-RNG calls are the reference
+        expected = np.random.uniform(0, 3.0, size=(130,))
+        # sample_tasks uses its own RandomState: the global RNG is left untouched.
+        state = np.random.get_state()
+        velocities = [task["velocity"] for task in HalfCheetahVelEnv().sample_tasks(130, 1337)]
+        assert np.array_equal(np.random.get_state()[1], state[1])
+    finally:
+        np.random.set_state(saved)
     assert velocities == expected.tolist()
     assert all(type(v) is float for v in velocities)
-    # The global RNG is not touched by sample_tasks (it uses its own RandomState).
-    state = np.random.get_state()  # noqa: NPY002
-    HalfCheetahVelEnv().sample_tasks(5, 1337)
-    assert np.array_equal(np.random.get_state()[1], state[1])  # noqa: NPY002
 
 
 def test_cheetah_vel_all_region_is_prefix_consistent_and_seed_dependent() -> None:
