@@ -25,6 +25,8 @@ _FAMILIES: dict[str, tuple[str, int]] = {
     "mql/HalfCheetahFwdBack-v0": ("mql_lightning.envs.half_cheetah:HalfCheetahFwdBackEnv", 200),
     "mql/AntFwdBack-v0": ("mql_lightning.envs.ant:AntFwdBackEnv", 200),
     "mql/AntGoal-v0": ("mql_lightning.envs.ant:AntGoalEnv", 200),
+    "mql/HumanoidDir-v0": ("mql_lightning.envs.humanoid:HumanoidDirEnv", 200),
+    "mql/Walker2DParams-v0": ("mql_lightning.envs.walker:Walker2DParamsEnv", 200),
 }
 
 for _env_id, (_entry_point, _max_steps) in _FAMILIES.items():
