@@ -24,7 +24,8 @@ def test_pip_install_gives_a_working_mql_with_callbacks_and_configs(tmp_path: Pa
     workdir = tmp_path / "elsewhere"
     workdir.mkdir()
     probe = ("import mql_lightning, mql_lightning.callbacks; from mql_lightning.configs import config_path; "
-             "print(mql_lightning.__file__); print(config_path('point'))")
+             "from mql_lightning.envs import make_env; make_env('mql/Walker2DParams-v0').reset(seed=0); "
+             "print(mql_lightning.__file__); print(config_path('walker'))")
     out = subprocess.run([python, "-c", probe], cwd=workdir, env=env, capture_output=True, text=True,
                          check=True).stdout
     assert out.splitlines()[0].startswith(str(target)), "imported the source tree, not the installed package"
