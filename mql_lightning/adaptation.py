@@ -39,7 +39,8 @@ if TYPE_CHECKING:
     from mql_lightning.modules.mql import MQL
 
 __all__ = [
-    "AdaptationConfig", "AdaptationResult", "AdaptedPolicy", "adapt", "adapt_agent", "collect_adaptation_data",
+    "AdaptationConfig", "AdaptationResult", "AdaptedPolicy", "acting_policy", "adapt", "adapt_agent",
+    "collect_adaptation_data",
 ]
 
 
@@ -141,10 +142,10 @@ def collect_adaptation_data(
     limit = getattr(probe.spec, "max_episode_steps", None) or config.episode_length or config.num_steps
     probe.close()
     collector = Collector(make, agent.obs_dim, agent.action_dim, history_length)
-    episodes, collected = [], 0
+    policy, episodes, collected = acting_policy(agent), [], 0
     while collected < config.num_steps:
         n = math.ceil((config.num_steps - collected) / limit)
-        batch = collector.rollout([task] * n, [0] * n, rng, policy=_policy(agent), noise_std=config.exploration_noise)
+        batch = collector.rollout([task] * n, [0] * n, rng, policy=policy, noise_std=config.exploration_noise)
         episodes += batch
         collected += sum(ep.length for ep in batch)
     collector.close()
@@ -322,7 +323,8 @@ class AdaptedPolicy:
 
 
 # ------------------------------------------------------------------------------------------------------- helpers
-def _policy(agent: TD3Agent) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def acting_policy(agent: TD3Agent) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The collector's policy interface for an agent: CPU tensors in, deterministic CPU float32 actions out."""
     device = next(agent.parameters()).device
 
     @torch.no_grad()

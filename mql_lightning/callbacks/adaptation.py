@@ -12,7 +12,13 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from mql_lightning.adaptation import AdaptationConfig, AdaptationResult, adapt_agent, collect_adaptation_data
+from mql_lightning.adaptation import (
+    AdaptationConfig,
+    AdaptationResult,
+    acting_policy,
+    adapt_agent,
+    collect_adaptation_data,
+)
 
 
 class AdaptationCallback(L.Callback):
@@ -91,13 +97,7 @@ class AdaptationCallback(L.Callback):
             pl_module.record_eval(split, index, {"return": pre})
             return {**row, "return": pre}
         result = self.adapt(trainer.datamodule, pl_module.agent, split, index)
-        adapted = result.agent
-
-        @torch.no_grad()
-        def policy(obs: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
-            return adapted.act(obs.to(pl_module.device), history.to(pl_module.device)).float().cpu()
-
-        post = trainer.datamodule.evaluate(policy, split, index)["return"]
+        post = trainer.datamodule.evaluate(acting_policy(result.agent), split, index)["return"]
         metrics = {"return": post, **result.metrics()}
         pl_module.record_eval(split, index, metrics)
         return {**row, **metrics}

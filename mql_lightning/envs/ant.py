@@ -66,10 +66,6 @@ class _AntEnv(MujocoTaskEnv):
     def _before_step(self) -> np.ndarray:
         return self._torso_xy()
 
-    def _ctrl_cost(self, ctrl: np.ndarray) -> float:
-        # rlkit squares the action it passes to MuJoCo, i.e. the control after NormalizedBoxEnv's rescaling.
-        return self.ctrl_cost_weight * float(np.sum(np.square(ctrl)))
-
     def _contact_cost(self) -> float:
         # cfrc_ext is valid here because do_simulation calls mj_rnePostConstraint (under MuJoCo >= 2 it is
         # otherwise all zeros, the bug varibad's README warns about).

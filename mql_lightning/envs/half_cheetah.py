@@ -12,7 +12,7 @@ import abc
 import itertools
 import math
 import numbers
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -46,6 +46,8 @@ class _HalfCheetahTaskEnv(MujocoTaskEnv):
         **kwargs: Passed to ``MujocoEnv`` (e.g. ``width``, ``height``, ``camera_id``).
     """
 
+    ctrl_cost_weight: ClassVar[float] = CTRL_COST_WEIGHT
+
     def __init__(self, render_mode: str | None = None, **kwargs: Any) -> None:
         # qpos + U(±0.1), qvel + 0.1 * N(0, 1): gym 0.12's HalfCheetahEnv.reset_model, which MQL/PEARL inherit.
         super().__init__(
@@ -70,7 +72,7 @@ class _HalfCheetahTaskEnv(MujocoTaskEnv):
         forward_velocity = (float(self.data.qpos[0]) - before) / self.dt
         # ctrl is the control actually applied (the action rescaled to ctrlrange), as rlkit's NormalizedBoxEnv
         # passes the scaled action to the env; for the cheetah the range is [-1, 1] so both coincide.
-        ctrl_cost = CTRL_COST_WEIGHT * float(np.sum(np.square(ctrl)))
+        ctrl_cost = self._ctrl_cost(ctrl)
         reward = self._velocity_reward(forward_velocity) - ctrl_cost
         return reward, {"forward_velocity": forward_velocity, "ctrl_cost": ctrl_cost}
 

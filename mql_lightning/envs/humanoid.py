@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -53,7 +53,7 @@ class HumanoidDirEnv(MujocoTaskEnv):
     #: The original divides the com displacement by the model timestep (0.003), not by dt; see the docstring.
     _velocity_divisor: float = 0.003
     _forward_weight: float = 0.25
-    _ctrl_cost_weight: float = 0.1
+    ctrl_cost_weight: ClassVar[float] = 0.1
     _impact_cost_weight: float = 0.5e-6
     _impact_cost_max: float = 10.0
     _alive_bonus: float = 5.0
@@ -89,7 +89,7 @@ class HumanoidDirEnv(MujocoTaskEnv):
         after = self._com_xy()
         velocity = (after - before) / self._velocity_divisor
         forward = self._forward_weight * float(velocity @ self._direction_vec)
-        ctrl_cost = self._ctrl_cost_weight * float(np.square(ctrl).sum())
+        ctrl_cost = self._ctrl_cost(ctrl)
         impact_cost = min(self._impact_cost_weight * float(np.square(self.data.cfrc_ext).sum()), self._impact_cost_max)
         reward = forward - ctrl_cost - impact_cost + self._alive_bonus
         info = {

@@ -32,6 +32,9 @@ class MujocoTaskEnv(MetaEnv, MujocoEnv):
         **kwargs: Passed to ``MujocoEnv`` (e.g. ``width``, ``height``, ``camera_id``).
     """
 
+    ctrl_cost_weight: ClassVar[float] = 0.0
+    """Weight of the control cost ``w * ||ctrl||^2`` every family subtracts (set per family)."""
+
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["human", "rgb_array", "depth_array", "rgbd_tuple"]}
 
     def __init__(
@@ -77,6 +80,10 @@ class MujocoTaskEnv(MetaEnv, MujocoEnv):
             qvel = self.init_qvel + self.np_random.uniform(-scale, scale, self.model.nv)
         self.set_state(qpos, qvel)
         return self._get_obs()
+
+    def _ctrl_cost(self, ctrl: np.ndarray) -> float:
+        """``ctrl_cost_weight * ||ctrl||^2`` of the control actually applied (rlkit squares the rescaled action)."""
+        return self.ctrl_cost_weight * float(np.square(ctrl).sum())
 
     # --------------------------------------------------------------------------------------------------- hooks
     @abc.abstractmethod

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import mujoco
 import numpy as np
@@ -65,7 +65,7 @@ class Walker2DParamsEnv(MujocoTaskEnv):
     nv: int = 9
     ngeom: int = 8
     _alive_bonus: float = 1.0
-    _ctrl_cost_weight: float = 1e-3
+    ctrl_cost_weight: ClassVar[float] = 1e-3
     _log_scale_limit: float = 3.0
 
     def __init__(self, render_mode: str | None = None, **kwargs: Any) -> None:
@@ -124,7 +124,7 @@ class Walker2DParamsEnv(MujocoTaskEnv):
     def _reward(self, before: float, ctrl: np.ndarray) -> tuple[float, dict[str, Any]]:
         after = float(self.data.qpos[0])
         forward = (after - before) / self.dt
-        ctrl_cost = self._ctrl_cost_weight * float(np.square(ctrl).sum())
+        ctrl_cost = self._ctrl_cost(ctrl)
         reward = forward + self._alive_bonus - ctrl_cost
         info = {"reward_forward": forward, "reward_ctrl": -ctrl_cost, "reward_alive": self._alive_bonus,
                 "x_position": after}
