@@ -1,90 +1,99 @@
-"""Updates per second of the TD3-context update (critic step every update, actor + targets every policy_delay).
+"""Table 1: updates per second of our TD3-context update next to a naive PyTorch implementation.
 
-Run: ``python benchmarks/update_throughput.py`` (not part of the test run). Prints one table: the median of
-``--repeats`` timings of ``--updates`` updates each, for the point-robot default and for HalfCheetah-Vel sizes
-(obs 20, act 6, history 20, GRU 20, 300x300 networks, batch 256), plain TD3 next to TD3-context.
+Run: ``python benchmarks/update_throughput.py [--threads 1] [--repeats 5] [--updates 100] [--quick]``
+(not part of the test run; ``python benchmarks/run_all.py`` prints every table).
+
+HalfCheetah-Vel sizes (obs 20, action 6, history 20, GRU hidden 20, 300x300 networks, batch 256, gamma 0.99,
+policy_delay 2, Adam lr 1e-3), one fixed random batch laid out like a replay batch. One update is one critic step,
+plus an actor step and a target update every second update; a repetition is ``--updates`` consecutive updates
+(an even number, so every repetition holds the same mix). Ours runs through the public ``td3_update``, with the
+faithful layout (separate actor and critic context encoders, DESIGN decision 4) and with ``shared_context=True``;
+the naive reference is ``benchmarks/naive_td3_context.py``. Repetitions of the three are interleaved.
+
+Target (issue 5): the faithful update at >= 75 updates/s and >= 2x the naive one.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
-from rich.console import Console
+from _common import (
+    CHEETAH_VEL,
+    OurUpdate,
+    Sizes,
+    interleaved_rates,
+    main_for,
+    random_batch,
+    repeat,
+    table,
+    target_cell,
+    td3_defaults,
+    title,
+)
+from naive_td3_context import NaiveTD3Context
 from rich.table import Table
 
-from mql_lightning.data.replay import ReplayBatch
-from mql_lightning.modules.context import ContextEncoder
-from mql_lightning.modules.losses import actor_loss, critic_loss
-from mql_lightning.modules.td3 import TD3Agent
-
-SETTINGS = {
-    # name: (obs, act, history, gru hidden, mlp hidden, batch)
-    "point robot (default)": (2, 2, 10, 20, 128, 256),
-    "HalfCheetah-Vel sizes": (20, 6, 20, 20, 300, 256),
-}
+TARGET_UPDATES_PER_S = 75.0
+TARGET_SPEEDUP = 2.0
+WARMUP_UPDATES = 10
 
 
-def updates_per_second(obs: int, act: int, hist: int, gru: int, hidden: int, batch: int, context: bool,
-                       updates: int, repeats: int) -> float:
-    """Median updates/s over ``repeats`` timed runs of ``updates`` updates on a fixed random batch."""
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """This benchmark's own flags."""
+    p.add_argument("--updates", type=int, default=100, help="updates per timed repetition (rounded up to even)")
+
+
+def measure(sizes: Sizes, updates: int, repeats: int) -> dict[str, float]:
+    """Median updates/s of the naive update and of ours (faithful and shared), interleaved.
+
+    Args:
+        sizes: Problem sizes.
+        updates: Updates per repetition (even, so that every repetition holds the same mix).
+        repeats: Repetitions.
+
+    Returns:
+        ``{"naive": ..., "faithful": ..., "shared": ...}`` in updates/s.
+    """
+    batch = random_batch(sizes)
     torch.manual_seed(0)
-    agent = TD3Agent(obs, act, context=(lambda d: ContextEncoder(d, gru)) if context else None,
-                     hidden_sizes=(hidden, hidden))
-    c = act + 1 + obs
-    data = ReplayBatch(torch.randn(batch, obs), torch.rand(batch, act) * 2 - 1, torch.randn(batch),
-                       torch.randn(batch, obs), torch.zeros(batch), torch.zeros(batch, dtype=torch.long),
-                       torch.randn(batch, hist, c), torch.randn(batch, hist, c))
-    actor_opt = torch.optim.Adam(list(agent.actor_parameters()), 1e-3)
-    critic_params = list(agent.critic_parameters())
-    critic_opt = torch.optim.Adam(critic_params, 1e-3)
-    generator = torch.Generator().manual_seed(0)
+    naive = NaiveTD3Context(sizes.obs, sizes.act, sizes.hidden, sizes.gru_hidden, lr=sizes.lr)
+    faithful = OurUpdate(sizes, context=True, shared_context=False)
+    shared = OurUpdate(sizes, context=True, shared_context=True)
+    steps = {"naive": lambda: naive.update(batch), "faithful": lambda: faithful(batch), "shared": lambda: shared(batch)}
+    for step in steps.values():
+        repeat(step, WARMUP_UPDATES)()
+    return interleaved_rates({name: repeat(step, updates) for name, step in steps.items()}, repeats)
 
-    def update(i: int) -> None:
-        loss, _ = critic_loss(agent, data, generator)
-        critic_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        critic_opt.step()
-        if i % agent.policy_delay == 0:
-            for p in critic_params:
-                p.requires_grad_(False)
-            loss, _ = actor_loss(agent, data)
-            actor_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            actor_opt.step()
-            for p in critic_params:
-                p.requires_grad_(True)
-            agent.update_targets()
 
-    for i in range(10):  # warm-up
-        update(i)
-    rates = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for i in range(updates):
-            update(i)
-        rates.append(updates / (time.perf_counter() - start))
-    return statistics.median(rates)
+def tables(args: argparse.Namespace) -> list[Table]:
+    """Measure and build Table 1."""
+    updates = 10 if args.quick else args.updates
+    updates += updates % 2
+    rates = measure(CHEETAH_VEL, updates, args.repeats)
+    t = table(
+        title("1. TD3-context update throughput, HalfCheetah-Vel sizes", args, f"{updates} updates per repetition"),
+        ["implementation", "updates/s", "ms/update", "vs naive", "target >= 75 updates/s", "target >= 2x naive"],
+        caption=f"{CHEETAH_VEL.describe()}, {td3_defaults()}; fixed random batch in the "
+        "replay's layout; update = critic step (+ actor step and targets every 2nd)",
+    )
+    rows = [
+        ("naive PyTorch (4 nn.GRU, deepcopy targets, loop Polyak)", "naive"),
+        ("ours, td3_update, separate encoders (faithful)", "faithful"),
+        ("ours, td3_update, shared_context=True", "shared"),
+    ]
+    for label, key in rows:
+        rate, speedup = rates[key], rates[key] / rates["naive"]
+        targets = ("", "")
+        if key == "faithful":
+            targets = (target_cell(rate, TARGET_UPDATES_PER_S, "/s"), target_cell(speedup, TARGET_SPEEDUP, "x"))
+        t.add_row(label, f"{rate:.1f}", f"{1000 / rate:.2f}", f"{speedup:.2f}x", *targets)
+    return [t]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--updates", type=int, default=100)
-    parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    table = Table(title=f"TD3 update throughput (torch {torch.__version__}, {args.threads} thread(s), "
-                        f"median of {args.repeats} x {args.updates} updates)")
-    for column in ("setting", "plain TD3 updates/s", "TD3-context updates/s"):
-        table.add_column(column)
-    for name, sizes in SETTINGS.items():
-        plain = updates_per_second(*sizes, context=False, updates=args.updates, repeats=args.repeats)
-        ctx = updates_per_second(*sizes, context=True, updates=args.updates, repeats=args.repeats)
-        table.add_row(name, f"{plain:.1f}", f"{ctx:.1f}")
-    Console().print(table)
+    """Command-line entry point."""
+    main_for(__doc__, add_arguments, tables)
 
 
 if __name__ == "__main__":

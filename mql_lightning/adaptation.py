@@ -252,8 +252,8 @@ class _ProximalTD3:
         self.actor_anchor = [p.detach().clone() for p in self.actor_params]
         self.critic_anchor = [p.detach().clone() for p in self.critic_params]
         self.proximal_critic = config.proximal_scope == "all"
-        self.actor_opt = torch.optim.Adam(self.actor_params, lr=config.lr)
-        self.critic_opt = torch.optim.Adam(self.critic_params, lr=config.lr)
+        self.actor_opt = torch.optim.Adam(self.actor_params, lr=config.lr, fused=True)
+        self.critic_opt = torch.optim.Adam(self.critic_params, lr=config.lr, fused=True)
         self.updates = 0
 
     def update(self, batch: ReplayBatch, weights: torch.Tensor | None, lam: float) -> None:

@@ -54,6 +54,12 @@ _PARSED_DEFAULTS: dict[str, Any] = {
             "gamma": 0.9,
         },
     },
+    # Fused Adam: one kernel over all parameters instead of about ten small operations per tensor (about 4x faster
+    # optimiser steps at these sizes on CPU, same results to float rounding; issue 5).
+    **{
+        f"model.{name}": {"class_path": "torch.optim.Adam", "init_args": {"lr": 0.001, "fused": True}}
+        for name in ("actor_optimizer", "critic_optimizer")
+    },
 }
 
 

@@ -98,29 +98,32 @@ class Collector:
         n, h, a_dim = len(tasks), self.history_length, self.action_dim
         envs = [self._env(i) for i in range(n)]
         seeds = rng.integers(0, 2**31 - 1, size=n)
-        obs = np.empty((n, self.obs_dim), dtype=np.float32)
+        trace = _Trace(n, h, a_dim, self.obs_dim, _episode_limit_hint(envs[0]) if n else 1)
         for i, (env, task) in enumerate(zip(envs, tasks, strict=True)):
             env.unwrapped.set_task(task)
-            obs[i] = env.reset(seed=int(seeds[i]))[0]
-        history = np.zeros((n, h, a_dim + 1 + self.obs_dim), dtype=np.float32)
-        steps: list[list[tuple[np.ndarray, ...]]] = [[] for _ in range(n)]
-        active = np.ones(n, dtype=bool)
-        while active.any():
-            idx = np.flatnonzero(active)
-            actions = self._actions(obs[idx], history[idx], rng, policy, noise_std)
-            rewards = np.empty(len(idx), dtype=np.float32)
-            next_obs = np.empty((len(idx), self.obs_dim), dtype=np.float32)
-            for j, i in enumerate(idx):
-                o2, r, terminated, truncated, _ = envs[i].step(actions[j])
-                rewards[j], next_obs[j] = r, o2
-                window = history[i].copy() if record_history else None
-                steps[i].append((obs[i].copy(), actions[j], rewards[j], next_obs[j], terminated, window))
-                active[i] = not (terminated or truncated)
-            # Slide each window by one entry: (a_t, r_t, o_t) becomes the newest (DESIGN decision 6).
-            history[idx, :-1] = history[idx, 1:]
-            history[idx, -1] = np.concatenate([actions, rewards[:, None], obs[idx]], axis=1)
-            obs[idx] = next_obs
-        return [_to_episode(task_ids[i], steps[i], record_history) for i in range(n)]
+            trace.entries[i, h, a_dim + 1 :] = env.reset(seed=int(seeds[i]))[0]
+        running = list(range(n))  # slots of the episodes still running, in order
+        t = 0
+        with torch.no_grad():  # one grad-mode switch per rollout instead of one per step
+            while running:
+                # Basic slicing while every env is running (the common case) is cheaper than fancy indexing.
+                rows: slice | list[int] = slice(None) if len(running) == n else running
+                trace.reserve(t)
+                entries, row = trace.entries, h + t
+                obs, window = entries[rows, row, a_dim + 1 :], entries[rows, t:row]
+                actions = self._actions(obs, window, rng, policy, noise_std)
+                entries[rows, row, :a_dim] = actions
+                finished = False
+                for i, action in zip(running, actions, strict=True):
+                    o2, r, terminated, truncated, _ = envs[i].step(action)
+                    entries[i, row, a_dim] = r
+                    entries[i, row + 1, a_dim + 1 :] = o2  # o_{t+1}: next_obs of step t and obs of step t + 1
+                    if terminated or truncated:
+                        trace.lengths[i], trace.terminated[i, t], finished = t + 1, terminated, True
+                if finished:
+                    running = [i for i in running if trace.lengths[i] == 0]
+                t += 1
+        return [trace.episode(i, task_ids[i], record_history) for i in range(n)]
 
     def _actions(
         self,
@@ -132,21 +135,75 @@ class Collector:
     ) -> np.ndarray:
         if policy is None:
             return rng.uniform(-1.0, 1.0, size=(len(obs), self.action_dim)).astype(np.float32)
-        with torch.no_grad():
-            actions = policy(torch.from_numpy(obs), torch.from_numpy(history)).float().cpu().numpy()
+        # Always copies (contiguous ones): the policy must not see, or keep, views into the live trace.
+        actions = policy(torch.from_numpy(obs.copy()), torch.from_numpy(history.copy())).float().cpu().numpy()
         if noise_std > 0:
-            actions = actions + noise_std * rng.standard_normal(actions.shape).astype(np.float32)
-        return np.clip(actions, -1.0, 1.0).astype(np.float32)
+            # actions + noise_std * N(0, 1) in float32, with the same draws and roundings, in place on the noise.
+            noise = rng.standard_normal(actions.shape).astype(np.float32)
+            noise *= noise_std
+            actions = np.add(actions, noise, out=noise)
+        # Clip into a fresh array (never in place: without noise, ``actions`` may share memory with a tensor the policy
+        # keeps); maximum/minimum give np.clip's results at half its call overhead.
+        clipped = np.maximum(actions, -1.0)
+        return np.minimum(clipped, 1.0, out=clipped)
 
 
-def _to_episode(task: int, steps: list[tuple[np.ndarray, ...]], record_history: bool) -> Episode:
-    obs, actions, rewards, next_obs, terminated, windows = zip(*steps, strict=True)
-    return Episode(
-        task=task,
-        obs=np.stack(obs),
-        actions=np.stack(actions),
-        rewards=np.asarray(rewards, dtype=np.float32),
-        next_obs=np.stack(next_obs),
-        terminated=np.asarray(terminated, dtype=bool),
-        histories=np.stack(windows) if record_history else None,
-    )
+def _episode_limit_hint(env: gymnasium.Env) -> int:
+    """Steps to preallocate per episode: the registered time limit if there is one (capped), else a guess."""
+    limit = getattr(env.spec, "max_episode_steps", None) if env.spec is not None else None
+    return min(int(limit), 1000) if limit else 1000
+
+
+class _Trace:
+    """The lockstep episodes of one rollout, written in place while they run.
+
+    ``entries[i, H + j]`` is the context entry ``e_j = (a_j, r_j, o_j)`` of episode ``i``, after ``H`` zero rows, so
+    the policy's window at step t is the plain slice ``entries[i, t : t + H]`` (no per-step shifting or copying of
+    windows), and the episode's observations, actions and rewards are read back from the same rows at the end.
+    ``o_{t+1}`` is written into row ``H + t + 1`` as soon as it is observed: it is the next observation of step t and
+    the observation of step t + 1, hence one spare row after the last step.
+
+    Args:
+        n: Number of lockstep episodes.
+        history_length: Context window length H.
+        action_dim: Action width A.
+        obs_dim: Observation width O.
+        capacity: Steps per episode to preallocate; :meth:`reserve` grows the trace past it.
+    """
+
+    def __init__(self, n: int, history_length: int, action_dim: int, obs_dim: int, capacity: int) -> None:
+        self.h, self.a_dim = history_length, action_dim
+        self.capacity = max(1, capacity)
+        self.entries = np.zeros((n, history_length + self.capacity + 1, action_dim + 1 + obs_dim), dtype=np.float32)
+        self.terminated = np.zeros((n, self.capacity), dtype=bool)
+        self.lengths = np.zeros(n, dtype=np.int64)
+
+    def reserve(self, t: int) -> None:
+        """Make room for step ``t`` (rows ``H + t`` and ``H + t + 1``), doubling the capacity when it runs out."""
+        if t < self.capacity:
+            return
+        grow = self.capacity
+        self.entries = np.concatenate([self.entries, np.zeros_like(self.entries[:, :grow])], axis=1)
+        self.terminated = np.concatenate([self.terminated, np.zeros_like(self.terminated)], axis=1)
+        self.capacity += grow
+
+    def episode(self, i: int, task: int, record_history: bool) -> Episode:
+        """Copy episode ``i`` out of the trace (its arrays share no memory with the trace or each other)."""
+        h, a, length = self.h, self.a_dim, int(self.lengths[i])
+        rows = self.entries[i]
+        steps = rows[h : h + length]
+        histories = None
+        if record_history:
+            # Window t is rows t .. t + H - 1: a sliding view over the first H + T - 1 rows, copied once (always a
+            # copy: for T == 1 the view counts as contiguous, and ascontiguousarray would hand out the read-only view).
+            windows = np.lib.stride_tricks.sliding_window_view(rows[: h + length - 1], h, axis=0)
+            histories = windows.transpose(0, 2, 1).copy()
+        return Episode(
+            task=task,
+            obs=steps[:, a + 1 :].copy(),
+            actions=steps[:, :a].copy(),
+            rewards=steps[:, a].copy(),
+            next_obs=rows[h + 1 : h + length + 1, a + 1 :].copy(),
+            terminated=self.terminated[i, :length].copy(),
+            histories=histories,
+        )

@@ -59,10 +59,11 @@ class _HalfCheetahTaskEnv(MujocoTaskEnv):
             render_mode=render_mode,
             **kwargs,
         )
+        self._torso_id = self.model.body("torso").id  # looked up once, not by name at every step
 
     def _get_obs(self) -> np.ndarray:
         # qpos[0] (the x position) is excluded as in gym; the torso position is MQL/PEARL's addition (get_body_com).
-        return np.concatenate([self.data.qpos[1:], self.data.qvel, self.data.body("torso").xpos]).astype(np.float64)
+        return np.concatenate([self.data.qpos[1:], self.data.qvel, self.data.xpos[self._torso_id]]).astype(np.float64)
 
     def _before_step(self) -> float:
         # The original differences qpos[0] (the root x slide joint), not the torso com.

@@ -61,7 +61,9 @@ class MujocoTaskEnv(MetaEnv, MujocoEnv):
     # ------------------------------------------------------------------------------------------------ the step
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """Rescale the action to the control range, simulate ``frame_skip`` steps, and score the transition."""
-        ctrl = self._ctrl_mid + self._ctrl_half * np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0)
+        # np.minimum/np.maximum: np.clip costs several times more per call on small arrays (hot path).
+        action = np.minimum(np.maximum(np.asarray(action, dtype=np.float64), -1.0), 1.0)
+        ctrl = self._ctrl_mid + self._ctrl_half * action
         before = self._before_step()
         self.do_simulation(ctrl, self.frame_skip)
         reward, info = self._reward(before, ctrl)

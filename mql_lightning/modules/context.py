@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import lightning as L
 import torch
 from torch import nn
+
+from mql_lightning.modules.gru import gru_last_state
 
 
 class ContextEncoder(L.LightningModule):
@@ -12,7 +16,9 @@ class ContextEncoder(L.LightningModule):
 
     The paper sets z_t to the hidden state of a GRU run over the recent trajectory (Sec. 3.1.1). As in the authors'
     code, every forward pass starts from a zero hidden state and sees a fixed-length window, zero-padded before the
-    episode start.
+    episode start. The parameters live in an ``nn.GRU`` (its state-dict layout); the pass itself is
+    :func:`~mql_lightning.modules.gru.gru_last_state`, and :func:`encode` runs several encoders over the same
+    windows in one grouped pass.
 
     Args:
         input_dim: Width of one history entry, ``action_dim + 1 + obs_dim`` (linked from the task family).
@@ -41,5 +47,45 @@ class ContextEncoder(L.LightningModule):
         Returns:
             ``(B, hidden_size)`` contexts.
         """
-        _, h_n = self.gru(history)
-        return h_n[-1]
+        return encode([self], history)[0]
+
+    def gru_weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(weight_ih, weight_hh, bias_ih, bias_hh)`` of the GRU."""
+        gru = self.gru
+        return gru.weight_ih_l0, gru.weight_hh_l0, gru.bias_ih_l0, gru.bias_hh_l0
+
+
+def encode(encoders: Sequence[nn.Module], history: torch.Tensor) -> list[torch.Tensor]:
+    """Contexts of several encoders of the same history windows, computed together.
+
+    :class:`ContextEncoder` instances of equal sizes share one grouped recurrent pass (an actor's and a critic's
+    encoder, or their two target copies, read the same windows in every TD3 update); an encoder listed twice (a
+    shared encoder) is run once; any other encoder module is simply called.
+
+    Args:
+        encoders: Encoders to run.
+        history: ``(B, H, input_dim)`` windows.
+
+    Returns:
+        One ``(B, z)`` context per encoder, in order.
+    """
+    unique: list[nn.Module] = []
+    for encoder in encoders:
+        if not any(encoder is seen for seen in unique):
+            unique.append(encoder)
+    grouped = [e for e in unique if isinstance(e, ContextEncoder)]
+    contexts: dict[int, torch.Tensor] = {id(e): e(history) for e in unique if not isinstance(e, ContextEncoder)}
+    by_size: dict[tuple[int, int], list[ContextEncoder]] = {}
+    for encoder in grouped:
+        by_size.setdefault((encoder.input_dim, encoder.hidden_size), []).append(encoder)
+    for group in by_size.values():
+        weights = [w for e in group for w in e.gru_weights()]
+        if len(group) == 1 and not (torch.is_grad_enabled() and any(w.requires_grad for w in weights)):
+            # One encoder without gradients (acting, evaluation): torch's own GRU loop runs in C++ and is faster
+            # than any Python-level loop for a single weight set.
+            contexts[id(group[0])] = group[0].gru(history)[1][-1]
+            continue
+        stacked = [torch.stack(weights[k::4]) for k in range(4)]
+        for encoder, z in zip(group, gru_last_state(history, *stacked).unbind(0), strict=True):
+            contexts[id(encoder)] = z
+    return [contexts[id(e)] for e in encoders]

@@ -55,7 +55,7 @@ def actor_loss(
     agent: TD3Agent, batch: ReplayBatch, weights: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Deterministic policy gradient loss ``-Q1(x, u_theta(x, z))``, optionally beta-weighted (Eq. 19)."""
-    q = agent.q1(batch.obs, agent.act(batch.obs, batch.history), batch.history)
+    q = agent.actor_q1(batch.obs, batch.history)
     return weighted_mean(-q.float(), weights), {}
 
 

@@ -11,7 +11,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from mql_lightning.modules.context import ContextEncoder
+from mql_lightning.modules.context import ContextEncoder, encode
 from mql_lightning.modules.losses import actor_loss, critic_loss
 from mql_lightning.modules.networks import Actor, TwinCritic
 
@@ -103,18 +103,34 @@ class TD3Agent(L.LightningModule):
         """The first online Q estimate, the one the actor ascends."""
         return self.critic.q1(_with_context(torch.cat([obs, action], -1), history, self.critic_context)).squeeze(-1)
 
+    def actor_q1(self, obs: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        """``Q1(x, u_theta(x, z), z)``, what the actor ascends: the actor's and the critic's contexts in one pass."""
+        z_actor, z_critic = self._contexts(self.actor_context, self.critic_context, history)
+        action = self.actor(_with(obs, z_actor, detach=self.shared_context))
+        return self.critic.q1(_with(torch.cat([obs, action], -1), z_critic)).squeeze(-1)
+
     @torch.no_grad()
     def target_q(
         self, next_obs: torch.Tensor, next_history: torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """``min(Q1', Q2')(x', a')`` with target-policy smoothing: ``a' = clip(u'(x') + clip(eps), -1, 1)``."""
-        next_action = self.actor_target(_with_context(next_obs, next_history, self.actor_context_target))
+        z_actor, z_critic = self._contexts(self.actor_context_target, self.critic_context_target, next_history)
+        next_action = self.actor_target(_with(next_obs, z_actor))
         noise = torch.randn(next_action.shape, generator=generator, device=next_action.device)
         noise = (noise * self.policy_noise).clamp(-self.noise_clip, self.noise_clip)
         next_action = (next_action + noise.to(next_action.dtype)).clamp(-1.0, 1.0)
-        features = _with_context(torch.cat([next_obs, next_action], -1), next_history, self.critic_context_target)
-        q1, q2 = self.critic_target(features)
+        q1, q2 = self.critic_target(_with(torch.cat([next_obs, next_action], -1), z_critic))
         return torch.minimum(q1, q2)
+
+    @staticmethod
+    def _contexts(
+        actor_encoder: nn.Module | None, critic_encoder: nn.Module | None, history: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        # Both encoders read the same windows: one grouped recurrent pass (one pass when they are the same module).
+        if actor_encoder is None or critic_encoder is None:
+            return None, None
+        z_actor, z_critic = encode([actor_encoder, critic_encoder], history)
+        return z_actor, z_critic
 
     # ------------------------------------------------------------------------------------------ parameter groups
     def actor_parameters(self) -> Iterator[nn.Parameter]:
@@ -204,7 +220,10 @@ def _frozen_copy(module: nn.Module | None) -> nn.Module | None:
 def _with_context(
     features: torch.Tensor, history: torch.Tensor, encoder: nn.Module | None, detach: bool = False
 ) -> torch.Tensor:
-    if encoder is None:
+    return features if encoder is None else _with(features, encoder(history), detach)
+
+
+def _with(features: torch.Tensor, z: torch.Tensor | None, detach: bool = False) -> torch.Tensor:
+    if z is None:
         return features
-    z = encoder(history)
     return torch.cat([features, z.detach() if detach else z], -1)

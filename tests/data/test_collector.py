@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import gymnasium
 import numpy as np
 import pytest
 import torch
 
+from mql_lightning.data import collector as collector_module
 from mql_lightning.data.collector import Collector, Episode
 from mql_lightning.data.replay import EpisodeReplay
 from mql_lightning.envs import make_env
@@ -209,3 +211,124 @@ def test_each_lockstep_episode_runs_on_its_own_task() -> None:
     for ep, task in zip(episodes, far, strict=True):
         distance = np.linalg.norm(ep.next_obs.astype(np.float64) - np.asarray(task["goal"]), axis=1)
         np.testing.assert_allclose(-distance, ep.rewards, rtol=1e-5, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Lockstep episodes of different lengths, trace growth, and what the policy may do with its inputs and outputs.
+# --------------------------------------------------------------------------------------------------------------
+
+
+class CountdownEnv(gymnasium.Env):
+    """A tiny task env that terminates after ``task["steps"]`` steps; its state follows the actions.
+
+    Registered nowhere and without a time limit of its own (so ``spec`` is ``None``); wrap it in a ``TimeLimit`` to get
+    truncations too.
+    """
+
+    observation_space = gymnasium.spaces.Box(-np.inf, np.inf, (OBS,), np.float64)
+    action_space = gymnasium.spaces.Box(-1.0, 1.0, (ACT,), np.float32)
+
+    def __init__(self) -> None:
+        self.steps, self.t = 1, 0
+        self.state = np.zeros(OBS)
+
+    def set_task(self, task: dict[str, Any]) -> None:
+        self.steps = task["steps"]
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        self.t, self.state = 0, self.np_random.normal(size=OBS)
+        return self.state.copy(), {}
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
+        self.t += 1
+        self.state = 0.5 * self.state + np.asarray(action, dtype=np.float64)
+        return self.state.copy(), float(self.state.sum()), self.t >= self.steps, False, {}
+
+
+def countdown_collector(history_length: int, time_limit: int | None = None) -> Collector:
+    def make() -> gymnasium.Env:
+        env = CountdownEnv()
+        return env if time_limit is None else gymnasium.wrappers.TimeLimit(env, time_limit)
+
+    return Collector(make, OBS, ACT, history_length)
+
+
+class ShapeRecordingPolicy(LinearHistoryPolicy):
+    """:class:`LinearHistoryPolicy` that also records the batch size of every call."""
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__(seed)
+        self.batch_sizes: list[int] = []
+
+    def __call__(self, obs: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        self.batch_sizes.append(obs.shape[0])
+        return super().__call__(obs, history)
+
+
+def test_lockstep_episodes_of_different_lengths_keep_their_own_windows() -> None:
+    h, steps, limit = 4, [3, 9, 1, 6], 7  # the 9-step task is truncated by the time limit at 7
+    collector = countdown_collector(h, time_limit=limit)
+    policy = ShapeRecordingPolicy(seed=3)
+    episodes = collector.rollout([{"steps": k} for k in steps], [0, 1, 2, 3], np.random.default_rng(0), policy, 0.1,
+                                 record_history=True)
+    collector.close()
+    lengths = [min(k, limit) for k in steps]
+    assert [ep.length for ep in episodes] == lengths
+    # One batched call per step, over the episodes still running at that step.
+    assert policy.batch_sizes == [sum(length > t for length in lengths) for t in range(max(lengths))]
+    replay = EpisodeReplay(4, 20, OBS, ACT, h)
+    for ep, k in zip(episodes, steps, strict=True):
+        assert ep.terminated.tolist() == [False] * (ep.length - 1) + [k <= limit]
+        assert ep.histories is not None and ep.histories.flags.writeable  # a copy, also for a one-step episode
+        np.testing.assert_array_equal(ep.next_obs[:-1], ep.obs[1:])
+        replay.add_episode(ep.task, ep.obs, ep.actions, ep.rewards, ep.next_obs, ep.terminated)
+        batch = replay.gather(torch.full((ep.length,), ep.task), torch.arange(ep.length))
+        np.testing.assert_array_equal(batch.history.numpy(), ep.histories)
+    # The policy really was applied to those windows (exploration noise aside, which is small).
+    for ep in episodes:
+        clean = policy(torch.from_numpy(ep.obs), torch.from_numpy(ep.histories)).numpy()
+        assert np.abs(ep.actions - clean).max() < 0.6
+
+
+def test_episodes_longer_than_the_preallocated_trace_are_unchanged(monkeypatch: pytest.MonkeyPatch) -> None:
+    tasks_, rng_seed = [{"steps": 11}, {"steps": 4}, {"steps": 8}], 5
+    reference = countdown_collector(3).rollout(tasks_, [0, 1, 2], np.random.default_rng(rng_seed),
+                                               LinearHistoryPolicy(), 0.2, record_history=True)
+    monkeypatch.setattr(collector_module, "_episode_limit_hint", lambda env: 2)  # forces the trace to grow twice
+    grown = countdown_collector(3).rollout(tasks_, [0, 1, 2], np.random.default_rng(rng_seed),
+                                           LinearHistoryPolicy(), 0.2, record_history=True)
+    assert [ep.length for ep in grown] == [11, 4, 8]
+    assert_episodes_equal(reference, grown)
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_policy_gets_copies_and_its_output_is_not_modified(n: int) -> None:
+    class Vandal(LinearHistoryPolicy):
+        """Returns the same kept tensor every call (out of range, so it gets clipped) and scribbles on its inputs."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.kept = torch.full((n, ACT), 2.0)
+
+        def __call__(self, obs: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+            self.kept[:] = torch.tanh(super().__call__(obs, history)) * 2.0
+            obs.fill_(1e6)
+            history.fill_(-1e6)
+            return self.kept
+
+    class Polite(LinearHistoryPolicy):
+        def __call__(self, obs: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+            return torch.tanh(super().__call__(obs, history)) * 2.0
+
+    vandal = Vandal()
+    runs = [make_collector(5).rollout(tasks(n), list(range(n)), np.random.default_rng(8), policy, record_history=True)
+            for policy in (Polite(), vandal)]
+    assert_episodes_equal(*runs)
+    # Actions were clipped into a new array, not in the policy's tensor.
+    assert (vandal.kept.abs() > 1.0).any()
+    assert np.abs(np.concatenate([ep.actions for ep in runs[1]])).max() == 1.0
+    # Episode arrays are independent copies.
+    ep = runs[1][0]
+    arrays = (ep.obs, ep.actions, ep.rewards, ep.next_obs, ep.terminated, ep.histories)
+    assert not any(np.shares_memory(a, b) for i, a in enumerate(arrays) for b in arrays[i + 1 :])

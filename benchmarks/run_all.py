@@ -1,0 +1,52 @@
+"""Every benchmark table of issue 5, in one run: update throughput, SB3, GFLOP/s, collection, replay memory.
+
+Run: ``python benchmarks/run_all.py [--threads 1] [--repeats 5] [--quick] [--only 1 4]``
+(not part of the test run). Takes every flag of the single scripts (``--updates``, ``--lockstep``, ``--fill``, ...;
+see their ``--help``), each applying to the tables that use it, and prints the tables as it goes:
+
+1. ``update_throughput.py``: TD3-context updates/s, ours (faithful and shared encoders) vs a naive implementation;
+2. ``sb3_comparison.py``: plain TD3 updates/s vs Stable-Baselines3 (optional dependency);
+3. ``flops.py``: achieved GFLOP/s of the TD3-context update vs a large matrix product;
+4. ``collection.py``: env steps/s of collection with the policy in the loop vs gymnasium random actions;
+5. ``replay_memory.py``: bytes per stored transition vs the authors' layout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import collection
+import flops
+import replay_memory
+import sb3_comparison
+import update_throughput
+from _common import CONSOLE, parser, setup, show
+
+BENCHMARKS = {
+    "1": update_throughput,
+    "2": sb3_comparison,
+    "3": flops,
+    "4": collection,
+    "5": replay_memory,
+}
+
+
+def main() -> None:
+    """Command-line entry point."""
+    p = parser(__doc__, conflict_handler="resolve")  # several scripts define --updates, with the same meaning
+    p.add_argument("--only", nargs="+", choices=sorted(BENCHMARKS), help="run only these tables")
+    for module in BENCHMARKS.values():
+        module.add_arguments(p)
+    args: argparse.Namespace = p.parse_args()
+    setup(args)
+    for key, module in BENCHMARKS.items():
+        if args.only and key not in args.only:
+            continue
+        start = time.perf_counter()
+        show(module.tables(args))
+        CONSOLE.print(f"[dim](table {key}: {time.perf_counter() - start:.0f} s)[/]\n")
+
+
+if __name__ == "__main__":
+    main()
