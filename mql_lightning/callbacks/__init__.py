@@ -2,5 +2,6 @@
 
 from mql_lightning.callbacks.adaptation import AdaptationCallback
 from mql_lightning.callbacks.checkpoint import ReplayCheckpoint
+from mql_lightning.callbacks.progress import MQLProgressBar
 
-__all__ = ["AdaptationCallback", "ReplayCheckpoint"]
+__all__ = ["AdaptationCallback", "MQLProgressBar", "ReplayCheckpoint"]

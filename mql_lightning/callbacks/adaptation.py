@@ -32,6 +32,10 @@ class AdaptationCallback(L.Callback):
     tasks) and, under ``mql test``, to every test task; it then prints a per-task table and, when the run has a
     logger, writes it to ``test_results.csv`` / ``.json`` in the run directory.
 
+    Under several processes (DESIGN decision 12) each rank adapts to its own share of the held-out tasks, against
+    the meta-training replay it holds (its shard: the transitions of its own training tasks); the table gathers
+    every rank's rows.
+
     Args:
         enabled: ``False`` evaluates without adaptation: TD3-context (``return`` equals ``return_pre_adapt``).
         settings: The adaptation settings (numbers of Eq. 18 / Eq. 19 updates, beta clip, lambda, ...).
@@ -67,9 +71,13 @@ class AdaptationCallback(L.Callback):
         self._rows.append(self._adapt_and_log(trainer, pl_module, "test", int(batch), outputs))
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Print the per-task results and write them next to the run's metrics."""
-        if not self._rows or not trainer.is_global_zero:
+        """Print the per-task results of every rank and write them next to the run's metrics (from rank 0)."""
+        rows = _gather_rows(trainer, self._rows)
+        # trainer.log_dir broadcasts from rank 0 under several processes: every rank must ask.
+        log_dir = trainer.log_dir if trainer.loggers else None
+        if not rows or not trainer.is_global_zero:
             return
+        self._rows = rows
         table = Table(title="MQL test: per-task returns before and after adaptation")
         columns = list(self._rows[0])
         for column in columns:
@@ -77,8 +85,8 @@ class AdaptationCallback(L.Callback):
         for row in self._rows:
             table.add_row(*(f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c]) for c in columns))
         Console().print(table)
-        if trainer.loggers and trainer.log_dir is not None:  # no logger: nothing is written to the disk
-            out = Path(trainer.log_dir)
+        if log_dir is not None:  # no logger: nothing is written to the disk
+            out = Path(log_dir)
             out.mkdir(parents=True, exist_ok=True)
             with open(out / "test_results.csv", "w", newline="") as f:
                 writer = csv.DictWriter(f, fieldnames=columns)
@@ -110,3 +118,12 @@ class AdaptationCallback(L.Callback):
             datamodule.make_env, agent, datamodule.task(split, index), datamodule.history_length, self.settings, rng
         )
         return adapt_agent(agent, datamodule.replay, new_data, self.settings, generator, datamodule.task_weighting)
+
+
+def _gather_rows(trainer: L.Trainer, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The results rows of every rank, by task (each rank adapted to its share of the tasks; DESIGN decision 12)."""
+    if trainer.world_size == 1 or not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return rows
+    gathered: list[list[dict[str, Any]] | None] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(gathered, rows)
+    return sorted((row for part in gathered for row in part or []), key=lambda row: row["task"])

@@ -14,17 +14,24 @@ import torch
 
 from mql_lightning.data.collector import Collector, Episode, Policy
 from mql_lightning.data.replay import EpisodeReplay, ReplayBatch
-from mql_lightning.data.side_file import load_replay, replay_path
+from mql_lightning.data.side_file import load_replay, load_replay_for
 from mql_lightning.envs import make_env, make_task_splits
 
 Split = Literal["train", "val", "test"]
 _SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 _PURPOSE_CODES = {"eval": 0, "adapt": 1}
+# Spawn-key prefix of the streams of ranks > 0: distinct from the keys (0,), (1,), (2,) of rank 0's streams.
+_RANK_SPAWN_KEY = 0x72616E6B
 
 
 @dataclass
 class Progress:
-    """Counters of environment interaction, saved in checkpoints."""
+    """Counters of environment interaction, saved in checkpoints.
+
+    Under a multi-process strategy every counter is global (summed over the ranks) and therefore identical on every
+    rank: the update stream decides from these alone (DESIGN decision 12). ``last_rollout_return`` is the mean over
+    all ranks' episodes of the last iteration.
+    """
 
     env_steps: int = 0
     episodes: int = 0
@@ -45,6 +52,25 @@ class MetaRLDataModule(L.LightningDataModule):
     The stream ends a Lightning epoch every ``val_every_env_steps`` environment steps, so validation runs on an
     interval counted in environment steps, and stops training once ``max_env_steps`` are collected. All randomness
     comes from generators seeded from the run seed (``seed_everything``), so runs are reproducible on CPU.
+
+    Multiple processes (DDP; DESIGN decision 12): Lightning never shards an iterable, so this DataModule does it.
+
+    * Rank ``r`` of ``W`` owns the training tasks ``r, r + W, r + 2W, ...`` and keeps only their replay (each task's
+      ring as large as on one device); it collects on them with its own streams. Rank 0 keeps the streams of a
+      single-device run, so one device is unchanged; ranks ``r > 0`` derive theirs from the run seed and ``r``.
+      Evaluation streams are shared by all ranks: a held-out task is evaluated from the same start states whichever
+      rank evaluates it.
+    * Environment steps are counted globally: after each round of collection (every rank collects
+      ``episodes_per_iteration`` episodes) the ranks' step counts are summed with one all-reduce, so the counters
+      of :class:`Progress`, hence warm-up, validation boundaries and the ``max_env_steps`` budget, are identical on
+      every rank and the update stream stops at the same update everywhere (a rank stopping alone would deadlock
+      the gradient all-reduce). ``time/env_steps`` is this global count.
+    * An iteration makes ``ceil(global steps collected / W)`` updates (one per step each rank collected) unless
+      ``updates_per_iteration`` is given; every update averages the gradients of ``W`` batches, so the ratio of
+      replay samples to environment steps is the single-device one. ``min_buffer_size`` compares with the
+      transitions stored over all ranks.
+    * Validation and test tasks are split the same way (rank ``r`` evaluates and adapts to tasks ``r, r + W, ...``
+      with its own replay shard), so each task is evaluated once; the model gathers the per-task results.
 
     Args:
         env_id: Registered task family, e.g. ``mql/PointRobot-v0``.
@@ -139,14 +165,32 @@ class MetaRLDataModule(L.LightningDataModule):
         self._rng: np.random.Generator | None = None
         self._sample_generator: torch.Generator | None = None
         self._eval_seed = 0
+        # This process's rank and the number of processes (set by setup; a single device until then).
+        self._rank, self._world_size = 0, 1
 
     # ----------------------------------------------------------------------------------------------------- setup
     def setup(self, stage: str) -> None:
-        """Create collectors, generators and (for ``fit``) the replay buffer; idempotent."""
+        """Create collectors, generators and (for ``fit``) the replay buffer of this rank's tasks; idempotent.
+
+        Raises:
+            ValueError: If there are fewer training tasks than processes.
+        """
         if self._eval_collector is None:
+            self._rank, self._world_size = self._process()
+            if len(self.tasks.train) < self._world_size:
+                raise ValueError(
+                    f"{len(self.tasks.train)} training tasks cannot be shared by {self._world_size} processes: "
+                    "every rank collects on its own training tasks"
+                )
             # Every stream gets its own child of the run seed: collection, replay sampling and evaluation never
             # consume each other's random numbers.
-            collect_seq, sample_seq, eval_seq = np.random.SeedSequence(torch.initial_seed()).spawn(3)
+            root = np.random.SeedSequence(torch.initial_seed())
+            collect_seq, sample_seq, eval_seq = root.spawn(3)
+            if self._rank > 0:
+                # Each rank collects and samples with its own streams (DESIGN decision 12); rank 0 keeps the ones
+                # above, so a single-device run is unchanged. Evaluation keeps the shared stream.
+                own = np.random.SeedSequence(root.entropy, spawn_key=(_RANK_SPAWN_KEY, self._rank))
+                collect_seq, sample_seq = own.spawn(2)
             self._rng = np.random.default_rng(collect_seq)
             self._sample_generator = torch.Generator().manual_seed(int(sample_seq.generate_state(1)[0]))
             self._eval_seed = int(eval_seq.generate_state(1)[0])
@@ -156,8 +200,19 @@ class MetaRLDataModule(L.LightningDataModule):
             self.replay = self._new_replay()
 
     def _new_replay(self) -> EpisodeReplay:
+        # Rings as large as on one device: capacity per task does not depend on the number of processes.
         capacity = max(1, self.replay_capacity // len(self.tasks.train))
-        return EpisodeReplay(len(self.tasks.train), capacity, self.obs_dim, self.action_dim, self.history_length)
+        return EpisodeReplay(len(self.train_task_ids), capacity, self.obs_dim, self.action_dim, self.history_length)
+
+    def _process(self) -> tuple[int, int]:
+        """``(global rank, world size)`` of this process; ``(0, 1)`` without a trainer."""
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    @property
+    def train_task_ids(self) -> list[int]:
+        """Indices (into ``tasks.train``) of the training tasks this rank collects on, in replay-buffer order."""
+        return list(range(self._rank, len(self.tasks.train), self._world_size))
 
     def teardown(self, stage: str) -> None:
         """Close the environments."""
@@ -187,12 +242,28 @@ class MetaRLDataModule(L.LightningDataModule):
         return _UpdateStream(self)
 
     def val_dataloader(self) -> list[int]:
-        """One batch per validation task evaluated (the first ``tasks_per_validation``): its index."""
-        return list(range(min(len(self.tasks.val), self.tasks_per_validation or len(self.tasks.val))))
+        """One batch per validation task evaluated (the first ``tasks_per_validation``): its index.
+
+        Under several processes, this rank's share of them (see the class docstring): a plain list, which Lightning
+        passes through untouched (no ``DistributedSampler``, so no padding duplicates).
+        """
+        return self._share("val", min(len(self.tasks.val), self.tasks_per_validation or len(self.tasks.val)))
 
     def test_dataloader(self) -> list[int]:
-        """One batch per test task: its index."""
-        return list(range(len(self.tasks.test)))
+        """One batch per test task: its index (this rank's share of them under several processes)."""
+        return self._share("test", len(self.tasks.test))
+
+    def _share(self, split: Split, count: int) -> list[int]:
+        # Shares may differ by one task: safe because nothing in an evaluation step communicates (the model has no
+        # buffers for DDP's forward to broadcast); the ranks meet only at the end of the epoch.
+        rank, world_size = self._process()
+        if count < world_size:
+            # A rank without a task would not join the end-of-epoch synchronisation of the metrics.
+            raise ValueError(
+                f"{count} {split} tasks cannot be shared by {world_size} processes: use at least as many tasks "
+                "(num_val_tasks / tasks_per_validation / num_test_tasks) as processes"
+            )
+        return list(range(rank, count, world_size))
 
     # ------------------------------------------------------------------------------------------ the Alg. 1 loop
     def next_batch(self) -> ReplayBatch:
@@ -214,37 +285,61 @@ class MetaRLDataModule(L.LightningDataModule):
             if progress.env_steps < self.warmup_steps:
                 self._warm_up()
                 continue
-            collected = self._collect_iteration()
-            ramping = self.updates_per_iteration is None or len(self.replay) < self.min_buffer_size
-            progress.updates_left = collected if ramping else self.updates_per_iteration
+            collected, stored = self._collect_iteration()
+            ramping = self.updates_per_iteration is None or stored < self.min_buffer_size
+            # One update per step each rank collected (all global counts: identical on every rank).
+            progress.updates_left = -(-collected // self._world_size) if ramping else self.updates_per_iteration
         progress.updates_left -= 1
         return self.replay.sample(self.batch_size, self._sample_generator, task_weighting=self.task_weighting)
 
     def _warm_up(self) -> None:
-        """Collect ``warmup_steps`` of uniformly random actions, cycling through the training tasks so that every
-        task has data before the first update."""
-        n_train = len(self.tasks.train)
+        """Collect ``warmup_steps`` of uniformly random actions, cycling through this rank's training tasks so that
+        every task has data before the first update."""
+        own = self.train_task_ids
         while self.progress.env_steps < self.warmup_steps:
-            ids = [(self.progress.episodes + k) % n_train for k in range(self.episodes_per_iteration)]
-            self._store(self._collector.rollout([self.tasks.train[i] for i in ids], ids, self._rng))
+            # Every rank collects the same number of episodes per round: this rank's own count.
+            done = self.progress.episodes // self._world_size
+            ids = [(done + k) % len(own) for k in range(self.episodes_per_iteration)]
+            self._store(self._collector.rollout([self.tasks.train[own[i]] for i in ids], ids, self._rng))
 
-    def _collect_iteration(self) -> int:
-        """Collect one iteration's episodes on training tasks drawn uniformly, with the policy plus noise."""
-        ids = self._rng.integers(0, len(self.tasks.train), size=self.episodes_per_iteration).tolist()
+    def _collect_iteration(self) -> tuple[int, int]:
+        """Collect one iteration's episodes on this rank's training tasks drawn uniformly, with the policy plus
+        noise; return the environment steps collected and the transitions stored, both over all ranks."""
+        own = self.train_task_ids
+        ids = self._rng.integers(0, len(own), size=self.episodes_per_iteration).tolist()
         episodes = self._collector.rollout(
-            [self.tasks.train[i] for i in ids], ids, self._rng, self._policy(), self.exploration_noise
+            [self.tasks.train[own[i]] for i in ids], ids, self._rng, self._policy(), self.exploration_noise
         )
         self.progress.iterations += 1
-        self.progress.last_rollout_return = float(np.mean([ep.ret for ep in episodes]))
-        return self._store(episodes)
+        steps, count, return_sum, stored = self._store(episodes)
+        self.progress.last_rollout_return = return_sum / count
+        return steps, stored
 
-    def _store(self, episodes: list[Episode]) -> int:
+    def _store(self, episodes: list[Episode]) -> tuple[int, int, float, int]:
+        """Store this rank's episodes; count them over all ranks.
+
+        Returns:
+            Environment steps, episodes, the sum of the episodes' returns, and the transitions now stored, each
+            summed over the ranks (one all-reduce: DESIGN decision 12).
+        """
         for ep in episodes:
             self.replay.add_episode(ep.task, ep.obs, ep.actions, ep.rewards, ep.next_obs, ep.terminated)
-        steps = sum(ep.length for ep in episodes)
-        self.progress.env_steps += steps
-        self.progress.episodes += len(episodes)
-        return steps
+        # np.sum, like np.mean before it, so a single device logs bit-identical rollout returns.
+        local = [sum(ep.length for ep in episodes), len(episodes), float(np.sum([ep.ret for ep in episodes])),
+                 len(self.replay)]
+        steps, count, return_sum, stored = self._sum_over_ranks(local)
+        self.progress.env_steps += int(steps)
+        self.progress.episodes += int(count)
+        return int(steps), int(count), return_sum, int(stored)
+
+    def _sum_over_ranks(self, values: list[float]) -> list[float]:
+        """Element-wise sums over all processes (the values themselves on a single device)."""
+        if self._world_size == 1:
+            return values
+        strategy = self.trainer.strategy
+        # float64 holds every count exactly; the tensor goes to the strategy's device (NCCL reduces GPU tensors).
+        total = strategy.reduce(torch.tensor(values, dtype=torch.float64, device=strategy.root_device), reduce_op="sum")
+        return total.cpu().tolist()
 
     def _policy(self) -> Policy:
         return self.trainer.lightning_module.act
@@ -270,7 +365,11 @@ class MetaRLDataModule(L.LightningDataModule):
 
     # ---------------------------------------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
-        """Counters and RNG states (plain Python values and tensors only: loads with ``weights_only=True``)."""
+        """Counters and RNG states (plain Python values and tensors only: loads with ``weights_only=True``).
+
+        Under several processes the checkpoint holds rank 0's: the counters are the same on every rank, and each
+        rank's own streams go to its replay shard (:meth:`rank_state_dict`).
+        """
         state: dict[str, Any] = {"progress": asdict(self.progress)}
         if self._rng is not None:
             state["rng"] = self._rng.bit_generator.state
@@ -278,12 +377,22 @@ class MetaRLDataModule(L.LightningDataModule):
             state["eval_seed"] = self._eval_seed
         return state
 
+    def rank_state_dict(self) -> dict[str, Any]:
+        """This rank's own random streams (saved in its replay shard under several processes)."""
+        return {"rng": self._rng.bit_generator.state, "sample_generator": self._sample_generator.get_state()}
+
+    def load_rank_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`rank_state_dict` returned."""
+        self._rng.bit_generator.state = state["rng"]
+        self._sample_generator.set_state(state["sample_generator"])
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore counters and RNG states saved by :meth:`state_dict`, and the replay buffer from its side file.
+        """Restore counters and RNG states saved by :meth:`state_dict`, and the replay buffer from its side file(s).
 
         Raises:
             FileNotFoundError: If the checkpoint being loaded has no replay side file next to it.
-            ValueError: If the side file belongs to another step of training or to other dimensions.
+            ValueError: If the side file belongs to another step of training or to other dimensions, or if training
+                would resume on another number of processes than wrote the checkpoint.
         """
         self.progress = Progress(**state_dict["progress"])
         if "rng" in state_dict:
@@ -293,23 +402,56 @@ class MetaRLDataModule(L.LightningDataModule):
             self._eval_seed = state_dict["eval_seed"]
         ckpt_path = getattr(self.trainer, "ckpt_path", None) if self.trainer is not None else None
         if ckpt_path is not None:
-            self.load_replay(replay_path(ckpt_path))
+            self.load_checkpoint_replay(ckpt_path)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path) -> MetaRLDataModule:
         """Rebuild the DataModule of a training run from one of its checkpoints, replay buffer included.
 
         Args:
-            path: A checkpoint written by ``mql fit`` (its ``.replay.pt`` side file must lie beside it).
+            path: A checkpoint written by ``mql fit`` (its ``.replay.pt`` side file, or the ``.replay.rank<r>.pt``
+                shards of a multi-process run, must lie beside it).
 
         Returns:
-            The DataModule with the run's task splits, counters, random streams and meta-training replay.
+            The DataModule with the run's task splits, counters, random streams and meta-training replay (of every
+            training task, the shards of a multi-process run joined).
         """
         datamodule = cls.load_from_checkpoint(path, weights_only=True)
         checkpoint = torch.load(path, weights_only=True)
         datamodule.load_state_dict(checkpoint[cls.__name__])
-        datamodule.load_replay(replay_path(path))
+        datamodule.load_checkpoint_replay(path)
         return datamodule
+
+    def load_checkpoint_replay(self, checkpoint_path: str | Path) -> None:
+        """Load this rank's replay buffer from the side file(s) of a checkpoint (see :func:`load_replay_for`).
+
+        Resuming ``fit`` on as many processes as wrote the checkpoint gives every rank its own shard and its own
+        random streams back. Evaluation (``validate``, ``test``, :meth:`from_checkpoint`) may run on another number
+        of processes: the shards are joined and re-split by task.
+
+        Raises:
+            FileNotFoundError: If a side file is missing.
+            ValueError: If a side file belongs to another step of training, or ``fit`` would resume a checkpoint on
+                another number of processes.
+        """
+        self.setup("fit")
+        loaded = load_replay_for(
+            checkpoint_path, self.progress.env_steps, self.train_task_ids, self._rank, self._world_size
+        )
+        fitting = self.trainer is not None and self.trainer.state.fn == "fit"
+        if fitting and loaded.world_size != self._world_size:
+            raise ValueError(
+                f"checkpoint {checkpoint_path} was written by a run on {loaded.world_size} process(es); resume it on "
+                f"as many (this run has {self._world_size}): every rank's replay shard and random streams belong to "
+                "its rank"
+            )
+        self.replay.load_state_dict(loaded.state)
+        if loaded.streams is not None:
+            self.load_rank_state_dict(loaded.streams["datamodule"])
+            module = self.trainer.lightning_module if self.trainer is not None else None
+            if "model" in loaded.streams and hasattr(module, "load_rank_state_dict"):
+                # The model was restored before the DataModule (Lightning's order): its per-rank streams live here.
+                module.load_rank_state_dict(loaded.streams["model"])
 
     def load_replay(self, path: Path) -> None:
         """Load the meta-training replay buffer from the side file written with the checkpoint being loaded."""

@@ -27,6 +27,12 @@ class MQL(L.LightningModule):
     pulled from the DataModule's update stream inside ``training_step``, so environment interaction happens exactly
     when the update needs it (DESIGN decision 11). Validation evaluates the policy on each validation task.
 
+    Under DDP (DESIGN decision 12) every rank updates on batches of its own training tasks and the gradients are
+    averaged, so the weights stay identical across ranks; each rank evaluates its share of the held-out tasks, and
+    the per-task results are gathered from all ranks at the end of the epoch, the averages over tasks synchronised
+    by their metrics. Use ``strategy="ddp_find_unused_parameters_true"``: the critic loss leaves the actor's
+    parameters unused and the actor step freezes the critics'.
+
     Args:
         obs_dim: Observation width (linked from the DataModule).
         action_dim: Action width (linked from the DataModule).
@@ -57,6 +63,8 @@ class MQL(L.LightningModule):
             {f"{split}_{name}": MeanMetric() for split in ("val", "test") for name in EVAL_METRICS}
         )
         self._clock: tuple[float, int] | None = None
+        # Per-task results of this rank's held-out tasks in the running validation/test epoch: split -> task -> name.
+        self._eval_rows: dict[str, dict[int, dict[str, float]]] = {}
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         """Two optimisers with no shared parameters: actor and critic (DESIGN decision 4)."""
@@ -65,8 +73,11 @@ class MQL(L.LightningModule):
         return [actor, critic]
 
     def setup(self, stage: str) -> None:
-        """Seed the target-smoothing noise from the run seed (its own stream, checkpointed)."""
-        self.noise_generator.manual_seed(torch.initial_seed() + 1)
+        """Seed the target-smoothing noise from the run seed and the rank (its own stream, checkpointed).
+
+        Rank 0 (a single device) keeps the seed it always had; every other rank gets its own (DESIGN decision 12).
+        """
+        self.noise_generator.manual_seed(torch.initial_seed() + 1 + self.global_rank)
 
     # ------------------------------------------------------------------------------------------------- acting
     @torch.no_grad()
@@ -126,27 +137,75 @@ class MQL(L.LightningModule):
         """Log evaluation numbers of one held-out task, per task and aggregated over tasks (and ranks).
 
         Used by ``validation_step``/``test_step`` and by the adaptation callback (``self.log`` belongs to the
-        top-level module, DESIGN decision 5).
+        top-level module, DESIGN decision 5). The averages over tasks are metrics, synchronised over the ranks when
+        the epoch ends; the per-task values are kept and logged then, gathered from every rank
+        (:meth:`on_validation_epoch_end`).
 
         Args:
             split: ``val`` or ``test``.
             task: Index of the task in its split.
             metrics: Values by name, each one of :data:`EVAL_METRICS`.
         """
+        row = self._eval_rows.setdefault(split, {}).setdefault(task, {})
         for name, value in metrics.items():
-            self.log(f"{split}/task_{task}/{name}", value, batch_size=1)
+            row[name] = float(value)
             aggregate = self.eval_metrics[f"{split}_{name}"]
             aggregate.update(value)
             self.log(f"{split}/{name}", aggregate, prog_bar=name == "return", batch_size=1)
+
+    def on_validation_epoch_end(self) -> None:
+        """Log the per-task validation results of all ranks."""
+        self._log_per_task("val")
+
+    def on_test_epoch_end(self) -> None:
+        """Log the per-task test results of all ranks."""
+        self._log_per_task("test")
+
+    def _log_per_task(self, split: str) -> None:
+        table = self._gather_rows(split, self._eval_rows.pop(split, {}))
+        if not table:
+            return
+        # Identical on every rank after the gather: logging with sync_dist is exact, and keeps every rank's logged
+        # keys in step for Lightning's end-of-epoch reduction.
+        sync = self.trainer.world_size > 1
+        for task in sorted(table):
+            for name, value in table[task].items():
+                self.log(f"{split}/task_{task}/{name}", value, batch_size=1, sync_dist=sync)
         progress = getattr(self.trainer.datamodule, "progress", None)
         if progress is not None:
-            self.log("step", float(progress.env_steps), batch_size=1)
+            self.log("step", float(progress.env_steps), batch_size=1, sync_dist=sync)
+
+    def _gather_rows(self, split: str, rows: dict[int, dict[str, float]]) -> dict[int, dict[str, float]]:
+        """The per-task results of every rank (each task is evaluated by exactly one rank); ``rows`` on one device."""
+        if self.trainer.world_size == 1:
+            return rows
+        num_tasks = len(getattr(self.trainer.datamodule.tasks, split))
+        table = torch.zeros(2, num_tasks, len(EVAL_METRICS), dtype=torch.float64)  # values, then presence
+        for task, row in rows.items():
+            for name, value in row.items():
+                table[:, task, EVAL_METRICS.index(name)] = torch.tensor([value, 1.0], dtype=torch.float64)
+        # A sum over ranks: every task's values come from the one rank that evaluated it (zeros elsewhere).
+        total = self.trainer.strategy.reduce(table.to(self.trainer.strategy.root_device), reduce_op="sum").cpu()
+        values, count = total[0] / total[1].clamp(min=1), total[1]
+        return {
+            task: {name: float(values[task, j]) for j, name in enumerate(EVAL_METRICS) if count[task, j] > 0}
+            for task in range(num_tasks)
+            if bool((count[task] > 0).any())
+        }
 
     def on_train_epoch_start(self) -> None:
         """Restart the throughput clock (validation time is not update time)."""
         self._clock = None
 
     # ----------------------------------------------------------------------------------------------- checkpoints
+    def rank_state_dict(self) -> dict[str, Any]:
+        """This rank's own random stream (saved in its replay shard under several processes, DESIGN decision 12)."""
+        return {"noise_generator": self.noise_generator.get_state()}
+
+    def load_rank_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`rank_state_dict` returned."""
+        self.noise_generator.set_state(state["noise_generator"])
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Store the update counter and the target-noise RNG (tensors and ints only)."""
         checkpoint["mql"] = {"num_updates": self.num_updates, "noise_generator": self.noise_generator.get_state()}

@@ -116,7 +116,10 @@ class TD3Agent(L.LightningModule):
         """``min(Q1', Q2')(x', a')`` with target-policy smoothing: ``a' = clip(u'(x') + clip(eps), -1, 1)``."""
         z_actor, z_critic = self._contexts(self.actor_context_target, self.critic_context_target, next_history)
         next_action = self.actor_target(_with(next_obs, z_actor))
-        noise = torch.randn(next_action.shape, generator=generator, device=next_action.device)
+        # Drawn on the generator's device (CPU generators are what the run's seeded streams are) and then moved, so a
+        # CPU generator also drives a GPU run.
+        noise_device = generator.device if generator is not None else next_action.device
+        noise = torch.randn(next_action.shape, generator=generator, device=noise_device).to(next_action.device)
         noise = (noise * self.policy_noise).clamp(-self.noise_clip, self.noise_clip)
         next_action = (next_action + noise.to(next_action.dtype)).clamp(-1.0, 1.0)
         q1, q2 = self.critic_target(_with(torch.cat([next_obs, next_action], -1), z_critic))
