@@ -12,7 +12,10 @@ Per new task, in the order of DESIGN decision 1:
    plus the proximal term.
 
 Everything happens on a deep copy of the meta agent with fresh optimisers, and all randomness comes from the
-generators passed in: theta_meta, its optimisers and the training run's random streams are never touched.
+generators passed in: theta_meta, its optimisers and the training run's random streams are never touched. So an
+adaptation can be abandoned at any point: between two collected episodes and two updates it checks for a stop
+request (SIGTERM or SIGINT during ``mql fit``, :mod:`mql_lightning.interrupt`) and raises
+:class:`~mql_lightning.interrupt.StopRequested`.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mql_lightning import interrupt
 from mql_lightning.data.collector import Collector
 from mql_lightning.data.replay import EpisodeReplay, ReplayBatch
 from mql_lightning.modules.losses import proximal_term
@@ -144,6 +148,7 @@ def collect_adaptation_data(
     collector = Collector(make, agent.obs_dim, agent.action_dim, history_length)
     policy, episodes, collected = acting_policy(agent), [], 0
     while collected < config.num_steps:
+        interrupt.check()
         n = math.ceil((config.num_steps - collected) / limit)
         batch = collector.rollout([task] * n, [0] * n, rng, policy=policy, noise_std=config.exploration_noise)
         episodes += batch
@@ -202,10 +207,12 @@ def adapt_agent(
         trainer = _ProximalTD3(agent, config, generator)
         # Step 4, Eq. 18: the new data, batch = all of it (drawn with replacement, as the authors do).
         for _ in range(config.new_task_updates):
+            interrupt.check()
             batch = _to(new_data.sample(n_new, generator), device)
             trainer.update(batch, None, lam if config.proximal_new_task else 0.0)
         # Step 5, Eq. 19: beta-weighted meta-replay minibatches.
         for _ in range(config.replay_updates):
+            interrupt.check()
             batch = _to(meta_replay.sample(config.replay_batch_size, generator, task_weighting=task_weighting), device)
             trainer.update(batch, classifier.beta(features(batch)), lam)
         agent.eval()

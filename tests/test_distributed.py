@@ -238,13 +238,16 @@ def test_ddp_resume_continues_exactly_like_an_uninterrupted_run(ddp_run: SimpleN
 
 
 def test_fit_refuses_to_resume_a_ddp_checkpoint_on_another_number_of_processes(
-    ddp_run: SimpleNamespace, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ddp_run: SimpleNamespace, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    config = (ddp_run.run / "config.yaml").read_bytes()
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", *TINY, "--data.max_env_steps=900", f"--trainer.logger.init_args.save_dir={tmp_path}",
+        # `fit --ckpt_path` takes the run's config (two processes): one device must be asked for.
+        main(["fit", *TINY, "--data.max_env_steps=900", "--trainer.devices=1",
               f"--ckpt_path={ddp_run.ckpt / 'last.ckpt'}"])
     assert exit_info.value.code == 2
     assert "written by a run on 2 process(es)" in capsys.readouterr().err
+    assert (ddp_run.run / "config.yaml").read_bytes() == config  # the refused resume changed nothing there
 
 
 # --------------------------------------------------------------------------------------------------------------

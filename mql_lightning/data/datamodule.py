@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -12,6 +13,7 @@ import lightning as L
 import numpy as np
 import torch
 
+from mql_lightning import interrupt
 from mql_lightning.data.collector import Collector, Episode, Policy
 from mql_lightning.data.replay import EpisodeReplay, ReplayBatch
 from mql_lightning.data.side_file import load_replay, load_replay_for
@@ -30,7 +32,9 @@ class Progress:
 
     Under a multi-process strategy every counter is global (summed over the ranks) and therefore identical on every
     rank: the update stream decides from these alone (DESIGN decision 12). ``last_rollout_return`` is the mean over
-    all ranks' episodes of the last iteration.
+    all ranks' episodes of the last iteration. ``next_validation_at`` is the step of the next validation not yet
+    completed: a checkpoint taken before a validation (an interrupted one) validates again when resumed, one taken
+    after it does not.
     """
 
     env_steps: int = 0
@@ -133,10 +137,12 @@ class MetaRLDataModule(L.LightningDataModule):
         )
         _check_positive(updates_per_iteration=updates_per_iteration, eval_history_length=eval_history_length,
                         tasks_per_validation=tasks_per_validation, optional=True)
-        if min(warmup_steps, exploration_noise, num_val_tasks, num_test_tasks, min_buffer_size) < 0:
-            raise ValueError(
-                "warmup_steps, exploration_noise, num_val_tasks, num_test_tasks and min_buffer_size must be >= 0"
-            )
+        non_negative = {"warmup_steps": warmup_steps, "exploration_noise": exploration_noise,
+                        "num_val_tasks": num_val_tasks, "num_test_tasks": num_test_tasks,
+                        "min_buffer_size": min_buffer_size}
+        for name, value in non_negative.items():
+            if value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
         if task_weighting not in ("task", "transition"):
             raise ValueError(f"task_weighting must be 'task' or 'transition', got {task_weighting!r}")
         self.save_hyperparameters()
@@ -165,6 +171,9 @@ class MetaRLDataModule(L.LightningDataModule):
         self._rng: np.random.Generator | None = None
         self._sample_generator: torch.Generator | None = None
         self._eval_seed = 0
+        # Whether the stream ended an epoch for the validation due at progress.next_validation_at (not saved: a
+        # resumed stream asks again, see Progress).
+        self._validation_requested = False
         # This process's rank and the number of processes (set by setup; a single device until then).
         self._rank, self._world_size = 0, 1
 
@@ -274,13 +283,18 @@ class MetaRLDataModule(L.LightningDataModule):
         """
         progress = self.progress
         while progress.updates_left == 0:
-            if progress.env_steps >= self.max_env_steps:
-                if self.trainer is not None:
-                    self.trainer.should_stop = True
-                raise StopIteration
+            spent = progress.env_steps >= self.max_env_steps
+            if spent and self.trainer is not None:
+                self.trainer.should_stop = True
             if progress.env_steps >= progress.next_validation_at:
-                interval = self.val_every_env_steps
-                progress.next_validation_at = (progress.env_steps // interval + 1) * interval
+                if not self._validation_requested:
+                    # Ending the epoch makes Lightning validate; the validation confirms (validation_done). Also when
+                    # the budget is spent: the closing validation is then this one, so a run resumed with a larger
+                    # budget does not validate the same step twice.
+                    self._validation_requested = True
+                    raise StopIteration
+                self._schedule_next_validation()  # requested, but none ran (validation disabled): go on training
+            if spent:
                 raise StopIteration
             if progress.env_steps < self.warmup_steps:
                 self._warm_up()
@@ -292,11 +306,33 @@ class MetaRLDataModule(L.LightningDataModule):
         progress.updates_left -= 1
         return self.replay.sample(self.batch_size, self._sample_generator, task_weighting=self.task_weighting)
 
+    def validation_done(self) -> None:
+        """Move the schedule past the validation the update stream asked for; call when that validation completed."""
+        if self._validation_requested:
+            self._schedule_next_validation()
+
+    def _schedule_next_validation(self) -> None:
+        interval = self.val_every_env_steps
+        self.progress.next_validation_at = (self.progress.env_steps // interval + 1) * interval
+        self._validation_requested = False
+
+    @property
+    def finished(self) -> bool:
+        """Whether the budget is spent and no validation is left to do (a resumed run may have nothing to do).
+
+        A run interrupted during its closing validation is not finished: resuming it runs that validation.
+        """
+        progress = self.progress
+        return progress.env_steps >= self.max_env_steps and progress.next_validation_at > progress.env_steps
+
     def _warm_up(self) -> None:
         """Collect ``warmup_steps`` of uniformly random actions, cycling through this rank's training tasks so that
         every task has data before the first update."""
         own = self.train_task_ids
         while self.progress.env_steps < self.warmup_steps:
+            # Warm-up can take a minute on the MuJoCo families: a stop request is honoured between two rounds of
+            # episodes, where the counters, the buffer and the streams agree.
+            interrupt.check()
             # Every rank collects the same number of episodes per round: this rank's own count.
             done = self.progress.episodes // self._world_size
             ids = [(done + k) % len(own) for k in range(self.episodes_per_iteration)]
@@ -367,24 +403,36 @@ class MetaRLDataModule(L.LightningDataModule):
     def state_dict(self) -> dict[str, Any]:
         """Counters and RNG states (plain Python values and tensors only: loads with ``weights_only=True``).
 
+        The RNG states are this DataModule's streams (collection, replay sampling, evaluation seed) and the
+        process-global ones (torch, numpy, Python's ``random``): MQL's own code never draws from the latter during
+        training, but a swapped-in component might, and resuming must not change its draws either. The environments
+        need nothing: every episode starts with a reset seeded from the collection stream, and a checkpoint never
+        falls inside an episode (iterations collect whole episodes).
+
         Under several processes the checkpoint holds rank 0's: the counters are the same on every rank, and each
         rank's own streams go to its replay shard (:meth:`rank_state_dict`).
         """
         state: dict[str, Any] = {"progress": asdict(self.progress)}
         if self._rng is not None:
-            state["rng"] = self._rng.bit_generator.state
-            state["sample_generator"] = self._sample_generator.get_state()
+            state.update(self.rank_state_dict())
             state["eval_seed"] = self._eval_seed
         return state
 
     def rank_state_dict(self) -> dict[str, Any]:
-        """This rank's own random streams (saved in its replay shard under several processes)."""
-        return {"rng": self._rng.bit_generator.state, "sample_generator": self._sample_generator.get_state()}
+        """This process's random streams (saved in its replay shard under several processes)."""
+        return {
+            "rng": self._rng.bit_generator.state,
+            "sample_generator": self._sample_generator.get_state(),
+            "global_rng": _global_rng_state(),
+        }
 
     def load_rank_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`rank_state_dict` returned."""
+        """Restore what :meth:`rank_state_dict` returned (the global streams only when resuming ``fit``: loading a
+        checkpoint for evaluation, e.g. :meth:`from_checkpoint`, leaves the caller's global streams alone)."""
         self._rng.bit_generator.state = state["rng"]
         self._sample_generator.set_state(state["sample_generator"])
+        if "global_rng" in state and self.trainer is not None and self.trainer.state.fn == "fit":
+            _set_global_rng_state(state["global_rng"])
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore counters and RNG states saved by :meth:`state_dict`, and the replay buffer from its side file(s).
@@ -397,8 +445,7 @@ class MetaRLDataModule(L.LightningDataModule):
         self.progress = Progress(**state_dict["progress"])
         if "rng" in state_dict:
             self.setup("fit")
-            self._rng.bit_generator.state = state_dict["rng"]
-            self._sample_generator.set_state(state_dict["sample_generator"])
+            self.load_rank_state_dict(state_dict)
             self._eval_seed = state_dict["eval_seed"]
         ckpt_path = getattr(self.trainer, "ckpt_path", None) if self.trainer is not None else None
         if ckpt_path is not None:
@@ -469,6 +516,29 @@ class _UpdateStream(Iterator[ReplayBatch]):
 
     def __next__(self) -> ReplayBatch:
         return self.datamodule.next_batch()
+
+
+def _global_rng_state() -> dict[str, Any]:
+    """The process-global random states, as tensors and plain values (``weights_only``-loadable)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_global_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`_global_rng_state` returned."""
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _check_positive(optional: bool = False, **values: int | None) -> None:

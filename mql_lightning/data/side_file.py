@@ -5,11 +5,20 @@ holds its own share of the training tasks in its own buffer (DESIGN decision 12)
 ``<checkpoint>.replay.rank<r>.pt``, holding the global ids of its tasks and its random streams as well; resuming on the
 same number of processes gives each rank its own shard back. A run on another number of processes (``mql test`` on
 one device after training on several, or the reverse) gets the union of the shards, re-split by task.
+
+Every file is written atomically (:func:`atomic_save`: a temporary file in the same directory, flushed to the disk,
+then renamed into place), so a process killed at any moment leaves either the old file or the new one, never a torn
+one. A checkpoint and its side file are two files, replaced one after the other: the side file goes first, and the
+one it replaces is kept as ``<name>.prev.pt`` until the new checkpoint is in place (:func:`keep_previous`). Both record
+the environment-step count, and the loader takes whichever of the two side files matches the checkpoint, so the pair
+on the disk is loadable at every instant (DESIGN decision 11).
 """
 
 from __future__ import annotations
 
+import glob
 import os
+import shutil
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -64,18 +73,79 @@ def save_replay(path: Path, env_steps: int, replay_state: dict[str, Any], shard:
         shard: For one rank of a multi-process run: ``rank``, ``world_size``, ``tasks`` (the global ids of the
             buffer's tasks, in buffer order) and ``streams`` (the rank's own random-stream states).
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
     payload: dict[str, Any] = {"env_steps": env_steps, "replay": replay_state}
     if shard is not None:
         payload["shard"] = shard
+    atomic_save(payload, path)
+
+
+def atomic_save(obj: Any, path: str | os.PathLike[str]) -> None:
+    """``torch.save`` that never leaves a partial file at ``path``, even if the process is killed mid-write.
+
+    The object is written to a temporary file in the same directory (a rename is atomic only within one file
+    system; Lightning's own ``_atomic_save`` stages in the system's temporary directory and falls back to a copy
+    across file systems), flushed to the disk, and renamed over ``path``; the directory is flushed too, so that the
+    rename survives a power loss. Temporary files left by a process killed earlier are removed first.
+
+    Args:
+        obj: What ``torch.save`` accepts.
+        path: The destination.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        stale.unlink(missing_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        torch.save(payload, tmp)
+        with os.fdopen(fd, "wb") as file:
+            torch.save(obj, file)
+            file.flush()
+            os.fsync(file.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # not supported here (e.g. Windows): the rename is still atomic, only not yet durable
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def previous_path(path: str | os.PathLike[str]) -> Path:
+    """Where a side file's previous version is kept while its checkpoint is replaced: ``last.replay.pt`` ->
+    ``last.replay.prev.pt``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+def keep_previous(path: Path) -> None:
+    """Keep the current side file at :func:`previous_path` (a hard link: no copy) before it is replaced.
+
+    Call :func:`drop_previous` once the new checkpoint is in place. Until then a process killed between the two
+    replacements leaves the old checkpoint with the old side file still beside it, which the loader finds.
+    """
+    if not path.is_file():
+        return
+    keep, tmp = previous_path(path), path.with_name(f".{previous_path(path).name}.link")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(path, tmp)
+    except OSError:  # no hard links on this file system: a copy
+        shutil.copyfile(path, tmp)
+    os.replace(tmp, keep)
+
+
+def drop_previous(path: Path) -> None:
+    """Remove what :func:`keep_previous` kept."""
+    previous_path(path).unlink(missing_ok=True)
 
 
 def load_side_file(path: Path, env_steps: int) -> dict[str, Any]:
@@ -88,15 +158,36 @@ def load_side_file(path: Path, env_steps: int) -> dict[str, Any]:
         FileNotFoundError: If there is no side file.
         ValueError: If it was written at another step of training.
     """
+    return torch.load(matching_side_file(path, env_steps), weights_only=True)
+
+
+def matching_side_file(path: Path, env_steps: int) -> Path:
+    """The side file to read for a checkpoint taken at ``env_steps``: ``path``, or the previous version kept beside
+    it (:func:`keep_previous`) if only that one matches (a process killed while replacing the pair).
+
+    Only the step counts are read (the tensors are memory-mapped, not loaded).
+
+    Raises:
+        FileNotFoundError: If there is no side file.
+        ValueError: If neither file was written at ``env_steps``.
+    """
     if not path.is_file():
         raise _missing(path)
-    saved = torch.load(path, weights_only=True)
-    if saved["env_steps"] != env_steps:
-        raise ValueError(
-            f"replay side file {path} was written at {saved['env_steps']} environment steps but its checkpoint at "
-            f"{env_steps}: they do not belong together"
-        )
-    return saved
+    written = side_file_steps(path)
+    if written == env_steps:
+        return path
+    previous = previous_path(path)
+    if previous.is_file() and side_file_steps(previous) == env_steps:
+        return previous
+    raise ValueError(
+        f"replay side file {path} was written at {written} environment steps but its checkpoint at {env_steps}: "
+        "they do not belong together"
+    )
+
+
+def side_file_steps(path: Path) -> int | None:
+    """The environment-step count a side file records, read without loading its tensors."""
+    return torch.load(path, weights_only=True, mmap=True, map_location="cpu").get("env_steps")
 
 
 def load_replay(path: Path, env_steps: int) -> dict[str, Any]:

@@ -55,13 +55,19 @@ def make_env(env_id: str, **kwargs: Any) -> gymnasium.Env:
         The wrapped env (``TimeLimit`` and gymnasium's default wrappers); ``env.unwrapped`` is a :class:`MetaEnv`.
 
     Raises:
-        ValueError: If ``env_id`` is not registered, or it does not name a meta-RL task family.
+        ValueError: If ``env_id`` is not registered, does not name a meta-RL task family, or its constructor does
+            not take one of ``kwargs``.
     """
     try:
         env = gymnasium.make(env_id, **kwargs)
     except (gymnasium.error.UnregisteredEnv, gymnasium.error.DeprecatedEnv) as err:
         known = ", ".join(registered_families())
         raise ValueError(f"unknown task family {env_id!r}; registered mql families: {known}") from err
+    except TypeError as err:
+        if not kwargs:
+            raise
+        # A keyword the family's constructor does not take: a config mistake (data.env_kwargs), not a bug.
+        raise ValueError(f"task family {env_id!r} does not accept the keyword arguments {kwargs}: {err}") from err
     if not isinstance(env.unwrapped, MetaEnv):
         env.close()
         # The id (a value) names the wrong kind of env, hence ValueError, as for an unknown id.

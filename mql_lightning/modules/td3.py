@@ -58,8 +58,12 @@ class TD3Agent(L.LightningModule):
             raise ValueError(f"TD3Agent needs obs_dim > 0 and action_dim > 0, got {obs_dim}, {action_dim}")
         if policy_delay < 1:
             raise ValueError(f"policy_delay must be >= 1, got {policy_delay}")
+        if any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden_sizes):
+            raise ValueError(f"hidden_sizes must be positive integers, got {list(hidden_sizes)}")
         if not 0.0 < tau <= 1.0 or not 0.0 <= gamma <= 1.0:
             raise ValueError(f"need 0 < tau <= 1 and 0 <= gamma <= 1, got tau={tau}, gamma={gamma}")
+        if policy_noise < 0 or noise_clip < 0:
+            raise ValueError(f"policy_noise and noise_clip must be >= 0, got {policy_noise}, {noise_clip}")
         self.obs_dim, self.action_dim = obs_dim, action_dim
         self.gamma, self.tau = gamma, tau
         self.policy_noise, self.noise_clip, self.policy_delay = policy_noise, noise_clip, policy_delay
@@ -175,6 +179,7 @@ def td3_update(
     generator: torch.Generator | None = None,
     weights: torch.Tensor | None = None,
     penalty: Callable[[str], torch.Tensor] | None = None,
+    clip_gradients: Callable[[torch.optim.Optimizer], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]:
     """One TD3 update: a critic step, and every ``policy_delay`` updates an actor step and a target update.
 
@@ -193,6 +198,8 @@ def td3_update(
         generator: RNG of the target-policy smoothing noise.
         weights: Optional per-sample loss weights (Eq. 19).
         penalty: Optional ``"actor" | "critic" -> tensor`` added to that loss (the proximal term of Eqs. 18-19).
+        clip_gradients: Optional, called with each optimiser between its backward pass and its step (gradient
+            clipping).
 
     Returns:
         The critic loss, the actor loss (``None`` without an actor step) and the critic's metrics.
@@ -202,6 +209,8 @@ def td3_update(
         loss_c = loss_c + penalty("critic")
     critic_optimizer.zero_grad(set_to_none=True)
     backward(loss_c)
+    if clip_gradients is not None:
+        clip_gradients(critic_optimizer)
     critic_optimizer.step()
     loss_a = None
     if update_index % agent.policy_delay == 0:
@@ -211,6 +220,8 @@ def td3_update(
                 loss_a = loss_a + penalty("actor")
             actor_optimizer.zero_grad(set_to_none=True)
             backward(loss_a)
+            if clip_gradients is not None:
+                clip_gradients(actor_optimizer)
             actor_optimizer.step()
         agent.update_targets()
     return loss_c, loss_a, info

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import math
+import random
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -235,6 +237,50 @@ def test_state_dict_before_setup_holds_only_the_counters() -> None:
     state = dm.state_dict()
     assert set(state) == {"progress"}
     assert state["progress"]["next_validation_at"] == 0
+
+
+def test_the_schedule_moves_past_a_validation_once_it_completed(monkeypatch: pytest.MonkeyPatch) -> None:
+    dm = make_dm(monkeypatch)
+    with pytest.raises(StopIteration):  # the validation at 0 is due
+        dm.next_batch()
+    pending = dm.state_dict()  # a checkpoint taken now (an interrupted validation) still has it ahead
+    assert pending["progress"]["next_validation_at"] == 0
+    dm.validation_done()
+    assert dm.state_dict()["progress"]["next_validation_at"] == 100
+    dm.next_batch()  # trains on
+
+    resumed = make_dm(monkeypatch)
+    resumed.load_state_dict(pending)
+    with pytest.raises(StopIteration):  # asks for the validation again
+        resumed.next_batch()
+
+
+def test_a_validation_that_never_runs_is_not_asked_for_twice(monkeypatch: pytest.MonkeyPatch) -> None:
+    dm = make_dm(monkeypatch)
+    with pytest.raises(StopIteration):
+        dm.next_batch()
+    dm.next_batch()  # no validation came (e.g. limit_val_batches=0): training goes on instead of stopping again
+    assert dm.progress.next_validation_at == 100
+
+
+def test_a_run_with_its_closing_validation_pending_is_not_finished(monkeypatch: pytest.MonkeyPatch) -> None:
+    dm = make_dm(monkeypatch, validate_at_start=False)
+    dm.progress.env_steps = dm.progress.next_validation_at = 200  # budget spent, last validation interrupted
+    assert not dm.finished
+    dm.progress.next_validation_at = 300
+    assert dm.finished
+
+
+def test_global_random_states_are_saved_and_restored_only_when_fitting(monkeypatch: pytest.MonkeyPatch) -> None:
+    dm = make_dm(monkeypatch)
+    state = dm.state_dict()
+    expected = (torch.rand(2), np.random.rand(), random.random())
+    dm.load_state_dict(state)  # no trainer fitting (e.g. MetaRLDataModule.from_checkpoint): left alone
+    assert torch.rand(2).ne(expected[0]).any()
+    monkeypatch.setattr(dm, "trainer", SimpleNamespace(state=SimpleNamespace(fn="fit")))
+    dm.load_rank_state_dict(state)  # resuming fit
+    assert torch.equal(torch.rand(2), expected[0])
+    assert (np.random.rand(), random.random()) == expected[1:]
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -1,0 +1,266 @@
+"""Interruption: SIGTERM and SIGINT save a checkpoint that resumes, and a process killed mid-write loses nothing.
+
+Real ``mql fit`` processes get real signals: during training, and during the adaptation of a validation made to last
+forever. A third process dies in the middle of writing ``last.ckpt`` (``os._exit`` inside the write: no clean-up
+runs, as with ``kill -9``), after its new replay side file is already in place, the worst moment for the pair; the run
+is then resumed from what is left and must end exactly like the uninterrupted run of ``test_resume.py``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import pytest
+import torch
+
+import mql_lightning.callbacks.checkpoint as checkpoint_module
+from mql_lightning.data.side_file import (
+    atomic_save,
+    drop_previous,
+    keep_previous,
+    load_side_file,
+    matching_side_file,
+    previous_path,
+    replay_path,
+    save_replay,
+    side_file_steps,
+)
+from tests.test_distributed import REPO, mql_command
+from tests.test_resume import BUDGET, RESUME_ARGS, assert_same_run, checkpoint, fit, metrics_rows, resume
+
+MESSAGE = re.compile(
+    r"mql: interrupted by (SIG\w+) at environment step (\d+); saved (\S+/last\.ckpt) and last\.replay\.pt; "
+    r"resume with: mql fit --ckpt_path (\S+)"
+)
+
+
+class Touch(L.Callback):
+    """Creates ``path`` when a validation task starts (its adaptation follows): the moment to send a signal."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = Path(path)
+
+    def on_validation_batch_start(self, *args: Any, **kwargs: Any) -> None:
+        self.path.touch()
+
+
+class DieWhileWriting(L.Callback):
+    """Kills the process (``os._exit(137)``, no clean-up) halfway through writing ``last.ckpt`` at ``env_steps``.
+
+    Half of the checkpoint's bytes go to a temporary file beside it, as the atomic writer would have left them. Only
+    in a process started with ``MQL_TEST_DIE=1``: the resumed run, in the test process, has the same callback.
+    """
+
+    def __init__(self, env_steps: int) -> None:
+        super().__init__()
+        self.env_steps = env_steps
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.datamodule.progress.env_steps != self.env_steps or os.environ.get("MQL_TEST_DIE") != "1":
+            return
+        write = checkpoint_module.atomic_save
+
+        def die_halfway(obj: Any, path: Any) -> None:
+            if Path(path).name != "last.ckpt":
+                return write(obj, path)
+            data = io.BytesIO()
+            torch.save(obj, data)
+            partial = Path(path).with_name(f".{Path(path).name}.killed.tmp")
+            partial.write_bytes(data.getvalue()[: len(data.getvalue()) // 2])
+            os._exit(137)
+
+        checkpoint_module.atomic_save = die_halfway
+
+
+def start_mql(cwd: Path, *args: str, **env_vars: str) -> tuple[subprocess.Popen[str], list[tuple[float, str]]]:
+    """Start ``mql fit`` (runs under ``cwd/runs``); its stderr lines are collected with their arrival times."""
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path, **env_vars}
+    cwd.mkdir(parents=True, exist_ok=True)
+    process = subprocess.Popen(
+        [*mql_command(), "fit", *RESUME_ARGS, *args], cwd=cwd, env=env, text=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    lines: list[tuple[float, str]] = []
+    read = lambda: lines.extend((time.monotonic(), line) for line in process.stderr)  # noqa: E731
+    threading.Thread(target=read, daemon=True).start()
+    return process, lines
+
+
+def wait_for(path: Path, process: subprocess.Popen[str], timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, f"mql exited with {process.returncode} before {path.name} appeared"
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.05)
+
+
+def interrupt(process: subprocess.Popen[str], lines: list[tuple[float, str]], signum: int) -> tuple[re.Match, float]:
+    """Send ``signum``; wait for the exit. The message, and the seconds from the signal to the message."""
+    sent = time.monotonic()
+    process.send_signal(signum)
+    assert process.wait(timeout=60) == 128 + signum
+    time.sleep(0.2)  # the reader thread's last lines
+    found = [(t, MESSAGE.search(line)) for t, line in lines if MESSAGE.search(line)]
+    assert found, "".join(line for _, line in lines)[-3000:]
+    return found[0][1], found[0][0] - sent
+
+
+def assert_loadable_pair(run: Path) -> int:
+    """``last.ckpt`` loads with ``weights_only=True`` and its side file records the same step; that step."""
+    ckpt = checkpoint(run)
+    env_steps = ckpt["MetaRLDataModule"]["progress"]["env_steps"]
+    assert side_file_steps(replay_path(run / "checkpoints" / "last.ckpt")) == env_steps
+    assert not list((run / "checkpoints").glob(".*")), "temporary files left behind"
+    assert not previous_path(replay_path(run / "checkpoints" / "last.ckpt")).exists()
+    return env_steps
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Signals to a real `mql fit`
+# --------------------------------------------------------------------------------------------------------------
+def test_sigterm_during_training_saves_within_seconds_and_resumes(tmp_path: Path) -> None:
+    process, lines = start_mql(tmp_path, "--data.max_env_steps=1000000")
+    run = tmp_path / "runs" / "mql" / "version_0"
+    wait_for(run / "checkpoints" / "last.ckpt", process)  # the validation at 200 is done: training goes on
+    time.sleep(1.0)
+    message, latency = interrupt(process, lines, signal.SIGTERM)
+    assert latency < 5.0, latency
+    name, step, saved, resume_from = message.groups()
+    assert name == "SIGTERM" and Path(saved) == Path(resume_from) == Path("runs/mql/version_0/checkpoints/last.ckpt")
+    env_steps = assert_loadable_pair(run)
+    assert env_steps == int(step) > 200
+    assert max(float(r["step"]) for r in metrics_rows(run)) <= env_steps
+
+    resume(run, f"--data.max_env_steps={env_steps + 40}")
+    assert checkpoint(run)["MetaRLDataModule"]["progress"]["env_steps"] == env_steps + 40
+    assert [r for r in metrics_rows(run) if "val/return" in r][-1]["step"] == str(env_steps + 40)
+
+
+def test_sigint_during_adaptation_abandons_the_validation_and_resuming_runs_it(tmp_path: Path) -> None:
+    marker = tmp_path / "adapting"
+    process, lines = start_mql(
+        tmp_path, "--data.max_env_steps=1000000", "--data.validate_at_start=false",
+        "--adaptation.settings.replay_updates=100000000",  # the validation at 200 would adapt for days
+        f'--trainer.callbacks+={{"class_path": "tests.test_interrupt.Touch", "init_args": {{"path": "{marker}"}}}}',
+    )
+    run = tmp_path / "runs" / "mql" / "version_0"
+    wait_for(marker, process)
+    time.sleep(1.0)
+    message, latency = interrupt(process, lines, signal.SIGINT)
+    assert latency < 5.0, latency
+    assert message.group(1) == "SIGINT" and message.group(2) == "200"
+    assert assert_loadable_pair(run) == 200
+    assert checkpoint(run)["MetaRLDataModule"]["progress"]["next_validation_at"] == 200  # still to do
+    assert not [r for r in metrics_rows(run) if "val/return" in r]
+
+    resume(run, "--data.max_env_steps=200", "--adaptation.settings.replay_updates=3")
+    assert [r["step"] for r in metrics_rows(run) if "val/return" in r] == ["200"]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The write protocol, state by state
+# --------------------------------------------------------------------------------------------------------------
+def _replay_state(steps: int) -> dict[str, Any]:
+    return {"steps": torch.full((3,), float(steps))}
+
+
+def test_every_state_of_a_pair_replacement_has_a_matching_side_file(tmp_path: Path) -> None:
+    """Replacing the pair at 200 by the one at 400, as ReplayCheckpoint does; each state is what a kill leaves."""
+    side = replay_path(tmp_path / "last.ckpt")
+    save_replay(side, 200, _replay_state(200))
+    assert matching_side_file(side, 200) == side  # before: the old pair
+    keep_previous(side)
+    assert matching_side_file(side, 200) == side
+    save_replay(side, 400, _replay_state(400))
+    # The new side file is in place, the checkpoint is still the old one: its side file is the one kept.
+    assert matching_side_file(side, 200) == previous_path(side)
+    assert load_side_file(side, 200)["replay"]["steps"][0] == 200
+    assert matching_side_file(side, 400) == side  # the new checkpoint is in place too
+    drop_previous(side)
+    assert matching_side_file(side, 400) == side
+    with pytest.raises(ValueError, match="written at 400 environment steps but its checkpoint at 200"):
+        matching_side_file(side, 200)
+
+
+def test_atomic_save_never_leaves_a_partial_file_and_clears_what_a_killed_writer_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "last.ckpt"
+    atomic_save({"a": torch.ones(2)}, target)
+    stale = tmp_path / ".last.ckpt.killed.tmp"
+    stale.write_bytes(b"half")  # what a process killed mid-write leaves
+
+    def fail(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", fail)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_save({"a": torch.zeros(2)}, target)
+    monkeypatch.undo()
+    assert torch.equal(torch.load(target, weights_only=True)["a"], torch.ones(2))  # the old file, whole
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file, the stale one gone too
+
+
+# --------------------------------------------------------------------------------------------------------------
+# A process killed while writing, resumed from what is left
+# --------------------------------------------------------------------------------------------------------------
+@pytest.fixture
+def straight_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.test_resume import _straight
+
+    return _straight(tmp_path_factory.getbasetemp())
+
+
+def test_killed_while_writing_the_checkpoint_resumes_from_the_previous_pair_exactly(
+    straight_run: Path, tmp_path: Path
+) -> None:
+    process, _ = start_mql(
+        tmp_path, f"--data.max_env_steps={BUDGET}",
+        '--trainer.callbacks+={"class_path": "tests.test_interrupt.DieWhileWriting", "init_args": {"env_steps": 400}}',
+        MQL_TEST_DIE="1",
+    )
+    assert process.wait(timeout=300) == 137
+    run = tmp_path / "runs" / "mql" / "version_0"
+    side = replay_path(run / "checkpoints" / "last.ckpt")
+    # The worst moment: the new side file is in place, the checkpoint beside it is still the previous one.
+    assert checkpoint(run)["MetaRLDataModule"]["progress"]["env_steps"] == 200
+    assert side_file_steps(side) == 400 and side_file_steps(previous_path(side)) == 200
+    assert list((run / "checkpoints").glob(".last.ckpt.*.tmp"))
+
+    resume(run)
+    assert_loadable_pair(run)
+    assert_same_run(run, straight_run)
+
+
+def test_a_failed_side_file_write_leaves_the_previous_pair(
+    straight_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The other moment: the write of the new side file fails halfway (here with an exception)."""
+    real_save = torch.save
+
+    def fail_at_400(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
+        if isinstance(obj, dict) and obj.get("env_steps") == 400:
+            f.write(b"half a replay")
+            raise OSError("disk full")
+        real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", fail_at_400)
+    with pytest.raises(SystemExit):
+        fit(tmp_path)
+    monkeypatch.undo()
+    run = tmp_path / "mql" / "version_0"
+    assert assert_loadable_pair(run) == 200
+    resume(run)
+    assert_same_run(run, straight_run)
