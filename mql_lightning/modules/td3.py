@@ -204,25 +204,23 @@ def td3_update(
     Returns:
         The critic loss, the actor loss (``None`` without an actor step) and the critic's metrics.
     """
+    def step(name: str, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> torch.Tensor:
+        # One optimiser step, the same for critic and actor: penalty, backward, optional clipping, step.
+        if penalty is not None:
+            loss = loss + penalty(name)
+        optimizer.zero_grad(set_to_none=True)
+        backward(loss)
+        if clip_gradients is not None:
+            clip_gradients(optimizer)
+        optimizer.step()
+        return loss
+
     loss_c, info = critic_loss(agent, batch, generator, weights)
-    if penalty is not None:
-        loss_c = loss_c + penalty("critic")
-    critic_optimizer.zero_grad(set_to_none=True)
-    backward(loss_c)
-    if clip_gradients is not None:
-        clip_gradients(critic_optimizer)
-    critic_optimizer.step()
+    loss_c = step("critic", loss_c, critic_optimizer)
     loss_a = None
     if update_index % agent.policy_delay == 0:
         with freeze_critic():
-            loss_a, _ = actor_loss(agent, batch, weights)
-            if penalty is not None:
-                loss_a = loss_a + penalty("actor")
-            actor_optimizer.zero_grad(set_to_none=True)
-            backward(loss_a)
-            if clip_gradients is not None:
-                clip_gradients(actor_optimizer)
-            actor_optimizer.step()
+            loss_a = step("actor", actor_loss(agent, batch, weights)[0], actor_optimizer)
         agent.update_targets()
     return loss_c, loss_a, info
 
