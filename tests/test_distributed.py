@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -126,14 +125,11 @@ def report_callback(directory: Path) -> str:
 def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     """``mql fit`` on two CPU processes: 600 environment steps over both ranks, validation at 0, 320 and 600."""
     root = tmp_path_factory.mktemp("ddp")
-    start = time.perf_counter()
     result = run_mql(root, "fit", *TINY, *DDP, report_callback(root / "reports"))
-    elapsed = time.perf_counter() - start
     assert result.returncode == 0, result.stderr[-4000:]
     run = root / "runs" / "mql" / "version_0"
     reports = [torch.load(root / "reports" / f"rank{r}.pt", weights_only=True) for r in range(2)]
-    return SimpleNamespace(root=root, run=run, ckpt=run / "checkpoints", reports=reports, elapsed=elapsed,
-                           stderr=result.stderr)
+    return SimpleNamespace(root=root, run=run, ckpt=run / "checkpoints", reports=reports, stderr=result.stderr)
 
 
 def test_ddp_ranks_collect_on_their_own_tasks_with_their_own_seeds(ddp_run: SimpleNamespace) -> None:
