@@ -26,6 +26,7 @@ import yaml
 from jsonargparse import ArgumentError
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+from lightning.pytorch.strategies import DDPStrategy
 
 from mql_lightning.callbacks import AdaptationCallback, ReplayCheckpoint
 from mql_lightning.callbacks.checkpoint import SaveConfigOnResume, continue_run_logs, run_directory_of
@@ -100,6 +101,11 @@ class MQLCLI(LightningCLI):
 
     _checkpoint: _Checkpoint | None = None
 
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """``fit``, ``validate`` and ``test``: Lightning's ``predict`` has nothing to run in MQL (no predict step)."""
+        return {name: skip for name, skip in LightningCLI.subcommands().items() if name != "predict"}
+
     def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
         """A parser that raises :class:`~jsonargparse.ArgumentError` instead of printing its usage and exiting."""
         return super().init_parser(exit_on_error=False, **kwargs)
@@ -122,9 +128,24 @@ class MQLCLI(LightningCLI):
             self.model.configure_optimizers()
         except ValueError as err:
             raise ValueError(f"model.actor_optimizer or model.critic_optimizer: {err}") from err
+        config = self.config[self.subcommand] if self.subcommand else self.config
         if self._checkpoint is not None:
             self._checkpoint.check_fits(self.model, self.datamodule)
-        return super().instantiate_trainer(**kwargs)
+            run_config = self._checkpoint.path.resolve().parent.parent / "config.yaml"
+            if not config.get("config") and not run_config.is_file():  # see _with_run_config
+                env_id = self._checkpoint.data.get("env_id")
+                print(
+                    f"mql: note: {run_config} not found: model and data settings ({env_id}, ...) read from the "
+                    "checkpoint; trainer and adaptation settings are the defaults unless given",
+                    file=sys.stderr,
+                )
+        trainer = super().instantiate_trainer(**kwargs)
+        if config.trainer.strategy == "auto" and isinstance(trainer.strategy, DDPStrategy):
+            # Several devices with the default strategy: Lightning picks plain DDP, whose reducer fails on MQL's TD3
+            # steps (the critic step does not use the actor; the actor step freezes the critics). Same as asking for
+            # `ddp_find_unused_parameters_true`, before the model is wrapped at fit time.
+            trainer.strategy._ddp_kwargs.setdefault("find_unused_parameters", True)
+        return trainer
 
     def before_fit(self) -> None:
         """When resuming, make the loggers continue the run's records in place (:func:`continue_run_logs`)."""
@@ -333,7 +354,18 @@ def _with_run_config(args: ArgsType) -> ArgsType:
     if any(a in ("-c", "--config") or a.startswith("--config=") for a in args):
         return args
     run_config = Path(ckpt).resolve().parent.parent / "config.yaml"  # <run>/checkpoints/<name>.ckpt
-    return [args[0], "--config", str(run_config), *args[1:]] if run_config.is_file() else args
+    if run_config.is_file():
+        return [args[0], "--config", str(run_config), *args[1:]]
+    # A checkpoint copied out of its run: the model's settings come from the checkpoint anyway (LightningCLI), and
+    # so do the data settings (task family, splits, replay layout), ahead of the command line so that it still wins.
+    try:
+        data = _load_lazily(Path(ckpt), "checkpoint", "").get("datamodule_hyper_parameters")
+    except ValueError:
+        return args  # reported by the CLI in one line (_Checkpoint.read)
+    if not isinstance(data, dict):
+        return args
+    data = {key: value for key, value in data.items() if not key.startswith("_")}
+    return [args[0], "--data", yaml.safe_dump(data, default_flow_style=True, width=10**6).strip(), *args[1:]]
 
 
 def _check_config_files(args: ArgsType) -> None:

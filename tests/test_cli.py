@@ -10,8 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from lightning.pytorch.strategies import DDPStrategy
 
-from mql_lightning.cli import main
+from mql_lightning.cli import MQLCLI, main
+from mql_lightning.data.datamodule import MetaRLDataModule
+from mql_lightning.modules.mql import MQL
 from tests.conftest import run_fit
 
 
@@ -68,21 +71,6 @@ def test_validate_from_checkpoint_writes_a_new_run_directory(trained_run: Path) 
     assert len(runs) == 2 and (trained_run / "metrics.csv").read_bytes() == before
     new = read_metrics(runs[-1])
     assert new[-1]["val/return"] == [r for r in read_metrics(trained_run) if "val/return" in r][-1]["val/return"]
-
-
-def test_same_seed_gives_identical_logged_returns(tmp_path: Path) -> None:
-    args = ("--data.max_env_steps=600", "--data.val_every_env_steps=300", "--data.warmup_steps=200")
-    first, second = run_fit(tmp_path / "a", *args), run_fit(tmp_path / "b", *args)
-    keys = ("val/return", "rollout/return", "train/critic_loss")
-    pick = lambda run: [(r["step"], k, r[k]) for r in read_metrics(run) for k in keys if k in r]  # noqa: E731
-    assert pick(first) == pick(second) and pick(first)
-
-
-def test_different_seeds_give_different_returns(tmp_path: Path) -> None:
-    args = ("--data.max_env_steps=400", "--data.val_every_env_steps=400", "--data.warmup_steps=200")
-    first = run_fit(tmp_path / "a", *args, "--seed_everything=1")
-    second = run_fit(tmp_path / "b", *args, "--seed_everything=2")
-    assert val_returns(first)[-1] != val_returns(second)[-1]
 
 
 def test_plain_td3_runs_from_the_same_code_path(tmp_path: Path) -> None:
@@ -173,6 +161,37 @@ def test_missing_replay_side_file_is_a_clear_error(trained_run: Path, tmp_path: 
     )
     assert result.returncode == 2
     assert "last.replay.pt is missing" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_checkpoint_without_its_run_config_tests_with_the_data_settings_it_was_trained_with(
+    trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The tiny run trained on 20 tasks with 5 test tasks; the defaults (40, 10) would not fit its replay layout.
+    copied = tmp_path / "copied"
+    copied.mkdir()
+    for name in ("last.ckpt", "last.replay.pt"):
+        (copied / name).write_bytes((trained_run / "checkpoints" / name).read_bytes())
+    main(["test", "--ckpt_path", str(copied / "last.ckpt"), *_quiet(tmp_path), "--data.eval_episodes=1",
+          "--adaptation.settings.replay_updates=2"])
+    assert "settings (mql/PointRobot-v0, ...) read from the checkpoint" in capsys.readouterr().err
+    with open(next((tmp_path / "mql").glob("version_*")) / "test_results.csv", newline="") as f:
+        assert [int(r["task"]) for r in csv.DictReader(f)] == list(range(5))
+
+
+def test_several_devices_with_the_default_strategy_get_ddp_that_tolerates_unused_parameters() -> None:
+    common = ["fit", "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.logger=false"]
+    auto = MQLCLI(MQL, MetaRLDataModule, auto_configure_optimizers=False, run=False, args=common[1:])
+    assert isinstance(auto.trainer.strategy, DDPStrategy)
+    assert auto.trainer.strategy._ddp_kwargs["find_unused_parameters"] is True
+    chosen = MQLCLI(MQL, MetaRLDataModule, auto_configure_optimizers=False, run=False,
+                    args=[*common[1:], "--trainer.strategy=ddp"])
+    assert "find_unused_parameters" not in chosen.trainer.strategy._ddp_kwargs  # the user's explicit choice stands
+
+
+def test_predict_is_not_a_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict"])
+    assert exit_info.value.code == 2 and "invalid choice: 'predict'" in capsys.readouterr().err
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -96,7 +96,7 @@ TINY = [
     "--adaptation.settings.replay_updates=3",
     "--trainer.log_every_n_steps=10",
 ]
-DDP = ["--trainer.devices=2", "--trainer.strategy=ddp_find_unused_parameters_true", "--trainer.accelerator=cpu"]
+DDP = ["--trainer.devices=2", "--trainer.accelerator=cpu"]  # the default strategy: `mql` picks DDP for unused params
 
 
 def mql_command() -> list[str]:
