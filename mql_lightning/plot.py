@@ -14,7 +14,8 @@ the run directory are one curve: the mean over seeds with a band from the lowest
 * ``adaptation.png``: lambda, ESS and mean beta of every validation task over training (thin lines: tasks of the
   first seed; thick: mean over tasks and seeds);
 * ``summary.csv``: the plotted numbers (step, curve, seeds, mean / min / max of every statistic), small enough to
-  commit next to a results page.
+  commit next to a results page;
+* ``runs.csv``: every run's own validation statistics (curve, run directory, seed, step), the per-seed numbers.
 
 Needs matplotlib: ``pip install "mql-lightning[plot]"``.
 """
@@ -49,6 +50,7 @@ class Run:
     path: Path
     name: str
     config_key: str
+    seed: int | None = None
     steps: list[int] = field(default_factory=list)
     values: dict[str, list[float]] = field(default_factory=dict)
     tasks: dict[str, dict[int, list[float]]] = field(default_factory=dict)
@@ -83,7 +85,7 @@ def load_run(metrics: Path) -> Run:
                 continue
             step = int(float(row["step"]))
             by_step.setdefault(step, {}).update({k: float(v) for k, v in row.items() if k.startswith("val/") and v})
-    run = Run(run_dir, name, key, steps=sorted(by_step))
+    run = Run(run_dir, name, key, seed=config.get("seed_everything"), steps=sorted(by_step))
     for stat in STATS:
         run.values[stat] = [by_step[s].get(f"val/{stat}", math.nan) for s in run.steps]
     for step_index, step in enumerate(run.steps):
@@ -131,7 +133,8 @@ def group_runs(runs: Sequence[Run], labels: Sequence[str] | None = None) -> list
 
 
 def plot(curves: Sequence[Curve], out: Path) -> list[Path]:
-    """Draw ``return.png`` and ``adaptation.png`` and write ``summary.csv`` into ``out``; return the paths."""
+    """Draw ``return.png`` and ``adaptation.png``, write ``summary.csv`` and ``runs.csv`` into ``out``; return the
+    paths."""
     try:
         import matplotlib
 
@@ -188,6 +191,8 @@ def plot(curves: Sequence[Curve], out: Path) -> list[Path]:
 
     paths.append(out / "summary.csv")
     _write_summary(curves, paths[-1])
+    paths.append(out / "runs.csv")
+    _write_runs(curves, paths[-1])
     return paths
 
 
@@ -252,6 +257,18 @@ def _write_summary(curves: Sequence[Curve], path: Path) -> None:
                     empty = np.all(np.isnan(v))  # e.g. lambda of a run without adaptation
                     row += ["", "", ""] if empty else [f"{f(v):.4f}" for f in (np.nanmean, np.nanmin, np.nanmax)]
                 writer.writerow(row)
+
+
+def _write_runs(curves: Sequence[Curve], path: Path) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["curve", "run", "seed", "step", *STATS])
+        for curve in curves:
+            for run in curve.runs:
+                for i, step in enumerate(run.steps):
+                    cells = [run.values[stat][i] for stat in STATS]
+                    writer.writerow([curve.label, run.path, run.seed, step,
+                                     *("" if math.isnan(v) else f"{v:.4f}" for v in cells)])
 
 
 if __name__ == "__main__":

@@ -59,6 +59,8 @@ def test_plot_writes_figures_and_a_summary_of_mean_min_max(tmp_path: Path, capsy
     assert float(rows[1]["return_mean"]) == -7.0
     assert (float(rows[1]["return_min"]), float(rows[1]["return_max"])) == (-8.0, -6.0)
     assert float(rows[0]["return_pre_adapt_mean"]) == -12.0
+    per_run = [(r["seed"], r["step"], float(r["return"])) for r in csv.DictReader((out / "runs.csv").open())]
+    assert per_run == [("0", "1000", -10.0), ("0", "2000", -8.0), ("1", "1000", -12.0), ("1", "2000", -6.0)]
     assert "wrote" in capsys.readouterr().out
 
 
