@@ -25,6 +25,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+import yaml
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from mql_lightning import interrupt
@@ -200,6 +201,8 @@ def test_resuming_a_validation_checkpoint_with_a_larger_budget_continues_exactly
     assert checkpoint(run)["MetaRLDataModule"]["progress"]["next_validation_at"] == 400  # 200 is done
     resume(run, f"--data.max_env_steps={BUDGET}")
     assert_same_run(run, straight_run)  # in particular: one validation at 200, not two
+    config = yaml.safe_load((run / "config.yaml").read_text())  # the run as it went on, not the resume command
+    assert config["data"]["max_env_steps"] == BUDGET and config["ckpt_path"] is None
 
 
 def test_stopped_between_two_updates_and_resumed_continues_exactly(straight_run: Path, tmp_path: Path) -> None:

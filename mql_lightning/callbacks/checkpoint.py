@@ -313,7 +313,14 @@ class SaveConfigOnResume(SaveConfigCallback):
         """Nothing yet (see :meth:`on_train_start`)."""
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """The checkpoint is restored: record the configuration the run goes on with (e.g. a larger budget)."""
+        """The checkpoint is restored: record the configuration the run goes on with (e.g. a larger budget).
+
+        Without ``ckpt_path``: the file describes the run, not the command that resumed it, so that ``mql fit --config
+        <run>/config.yaml`` starts a new run from it, as with the config of a run never resumed.
+        """
+        if "ckpt_path" in self.config:
+            self.config = self.config.clone()
+            self.config.ckpt_path = None
         super().setup(trainer, pl_module, "fit")
 
 
