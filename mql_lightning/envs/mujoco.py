@@ -10,13 +10,19 @@ which calls ``mj_rnePostConstraint`` so ``cfrc_ext`` is populated as under MuJoC
 from __future__ import annotations
 
 import abc
+import re
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+import mujoco
 import numpy as np
 from gymnasium.envs.mujoco.mujoco_env import MujocoEnv
 from gymnasium.spaces import Box
 
 from mql_lightning.envs.base import MetaEnv
+
+# `<compiler ... settotalmass="14"/>` (gymnasium's half_cheetah.xml): deprecated in MuJoCo 4, which warns on every load.
+_SETTOTALMASS = re.compile(r'\s+settotalmass="([^"]+)"')
 
 
 class MujocoTaskEnv(MetaEnv, MujocoEnv):
@@ -57,6 +63,25 @@ class MujocoTaskEnv(MetaEnv, MujocoEnv):
         low, high = self.model.actuator_ctrlrange.copy().T
         self._ctrl_mid, self._ctrl_half = (high + low) / 2.0, (high - low) / 2.0
         self.action_space = Box(-1.0, 1.0, (self.model.nu,), np.float32)
+
+    def _initialize_simulation(self) -> tuple[mujoco.MjModel, mujoco.MjData]:
+        """gymnasium's model loading, without the deprecated ``settotalmass`` compiler attribute.
+
+        MuJoCo 4 warns about it at every load (printed, and appended to ``MUJOCO_LOG.TXT`` in the working directory:
+        dozens of times per run). The same scaling applied to the compiled model (``mj_setTotalmass`` and
+        ``mj_setConst``, as the warning advises) gives a bit-identical model (tests/envs/test_half_cheetah.py).
+        """
+        xml = Path(self.fullpath).read_text()
+        total_mass = _SETTOTALMASS.search(xml)
+        if total_mass is None:
+            return super()._initialize_simulation()
+        model = mujoco.MjModel.from_xml_string(_SETTOTALMASS.sub("", xml, count=1))
+        data = mujoco.MjData(model)
+        mujoco.mj_setTotalmass(model, float(total_mass.group(1)))
+        mujoco.mj_setConst(model, data)
+        model.vis.global_.offwidth = max(model.vis.global_.offwidth, self.width)
+        model.vis.global_.offheight = max(model.vis.global_.offheight, self.height)
+        return model, data
 
     # ------------------------------------------------------------------------------------------------ the step
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:

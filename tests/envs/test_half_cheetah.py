@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import gymnasium
+import mujoco
 import numpy as np
 import pytest
 from gymnasium.wrappers import TimeLimit
@@ -197,3 +199,17 @@ def test_reset_noise_matches_original_scales() -> None:
     dq, dv = np.array(dq), np.array(dv)
     assert dq.shape == (200, model.nq) and np.abs(dq).max() <= 0.1
     assert 0.07 < dv.std() < 0.13  # 0.1 * N(0, 1)
+
+
+def test_model_loads_without_the_settotalmass_warning_and_is_the_one_mujoco_compiles(
+    capfd: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # MuJoCo appends its warnings to MUJOCO_LOG.TXT in the working directory
+    env = HalfCheetahVelEnv()
+    printed = capfd.readouterr()
+    assert "settotalmass" not in printed.out + printed.err and not (tmp_path / "MUJOCO_LOG.TXT").exists()
+    compiled = mujoco.MjModel.from_xml_path(env.fullpath)  # the deprecated attribute, compiled by MuJoCo itself
+    arrays = [n for n in dir(compiled) if isinstance(getattr(compiled, n, None), np.ndarray) and not n.startswith("_")]
+    assert len(arrays) > 100 and float(np.sum(env.model.body_mass)) == pytest.approx(14.0)
+    for name in arrays:
+        np.testing.assert_array_equal(getattr(env.model, name), getattr(compiled, name), err_msg=name)
