@@ -47,3 +47,11 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run directory of a 4,000-step TD3-context run (about half a minute on one core)."""
     root = tmp_path_factory.mktemp("trained")
     return run_fit(root, "--data.max_env_steps=4000", "--data.val_every_env_steps=2000")
+
+
+@pytest.fixture
+def straight_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The uninterrupted reference run of ``test_resume.py`` and ``test_interrupt.py``, made once per test session."""
+    from tests.test_resume import _straight
+
+    return _straight(tmp_path_factory.getbasetemp())

@@ -216,13 +216,6 @@ def test_atomic_save_never_leaves_a_partial_file_and_clears_what_a_killed_writer
 # --------------------------------------------------------------------------------------------------------------
 # A process killed while writing, resumed from what is left
 # --------------------------------------------------------------------------------------------------------------
-@pytest.fixture
-def straight_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.test_resume import _straight
-
-    return _straight(tmp_path_factory.getbasetemp())
-
-
 def test_killed_while_writing_the_checkpoint_resumes_from_the_previous_pair_exactly(
     straight_run: Path, tmp_path: Path
 ) -> None:

@@ -185,12 +185,6 @@ def _straight(base: Path) -> Path:
     return fit(base / "straight")
 
 
-@pytest.fixture
-def straight_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The uninterrupted run, made once per test session (``test_interrupt.py`` uses it too)."""
-    return _straight(tmp_path_factory.getbasetemp())
-
-
 # --------------------------------------------------------------------------------------------------------------
 # Exact resume
 # --------------------------------------------------------------------------------------------------------------
