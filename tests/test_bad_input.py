@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.cli_process import Result, run_mql, run_mql_concurrently
-from tests.conftest import TINY_RUN_ARGS
+from tests.helpers.processes import Result, run_mql, run_mql_concurrently
+from tests.helpers.runs import TINY_RUN_ARGS
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 # Where every command may write a new run: relative to its working directory, as the default `runs/` is.

@@ -15,7 +15,7 @@ from lightning.pytorch.strategies import DDPStrategy
 from mql_lightning.cli import MQLCLI, main
 from mql_lightning.data.datamodule import MetaRLDataModule
 from mql_lightning.modules.mql import MQL
-from tests.conftest import run_fit
+from tests.helpers.runs import run_fit
 
 
 def read_metrics(run: Path) -> list[dict[str, str]]:

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.cli_process import run_mql_concurrently
-from tests.conftest import TINY_RUN_ARGS
+from tests.helpers.processes import run_mql_concurrently
+from tests.helpers.runs import TINY_RUN_ARGS
 
 # Small but complete: warm-up, 100 updates, a validation with adaptation at 150 and at 300 environment steps.
 FIT_ARGS = [

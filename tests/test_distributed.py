@@ -1,23 +1,19 @@
 """Multi-process training (DESIGN decision 12): task shards, per-rank seeds, global counters, replay shards.
 
-The end-to-end test runs the real ``mql fit`` command on two CPU processes (DDP over gloo) and checks what the run
-left behind, plus what :class:`RankReport` (passed on the command line) saw on each rank. The counters that decide
-when the update stream stops are also checked with two ranks driven in threads on a task family whose episodes end
-at different times, where a rank stopping alone would deadlock DDP.
+The end-to-end test runs the real ``mql fit`` command on two CPU processes (DDP over gloo) and checks what the run left
+behind, plus what ``RankReport`` (``tests/helpers/callbacks.py``, passed on the command line) saw on each rank. The
+counters that decide when the update stream stops are also checked with two ranks driven in threads on a task family
+whose episodes end at different times, where a rank stopping alone would deadlock DDP.
 """
 
 from __future__ import annotations
 
 import csv
-import os
-import subprocess
-import sys
 import threading
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -26,52 +22,8 @@ from mql_lightning.cli import main
 from mql_lightning.data.datamodule import MetaRLDataModule
 from mql_lightning.data.replay import EpisodeReplay
 from mql_lightning.data.side_file import _select, load_replay_for, replay_path, save_replay
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-class RankReport(L.Callback):
-    """Saves, on every rank, what that rank saw: its weights after every validation and at the end, its streams
-    before any collection, its counters, its tasks and its final validation metrics (``<directory>/rank<r>.pt``).
-
-    Args:
-        directory: Where to write the reports.
-    """
-
-    def __init__(self, directory: str) -> None:
-        super().__init__()
-        self.directory = Path(directory)
-        self.report: dict[str, Any] = {"weights": []}
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        datamodule = trainer.datamodule
-        self.report.update(
-            rank=trainer.global_rank,
-            world_size=trainer.world_size,
-            tasks=datamodule.train_task_ids,
-            streams=datamodule.rank_state_dict(),
-            noise_seed=pl_module.noise_generator.initial_seed(),
-            eval_seed=datamodule._eval_seed,
-        )
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.report["weights"].append(_weights(pl_module))
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        datamodule = trainer.datamodule
-        self.report.update(
-            final=_weights(pl_module),
-            progress=dict(vars(datamodule.progress)),
-            replay_sizes=datamodule.replay.sizes.tolist(),
-            metrics={k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")},
-        )
-        self.directory.mkdir(parents=True, exist_ok=True)
-        torch.save(self.report, self.directory / f"rank{trainer.global_rank}.pt")
-
-
-def _weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
-
+from tests.helpers.callbacks import callback_arg
+from tests.helpers.processes import run_mql_script
 
 # --------------------------------------------------------------------------------------------------------------
 # Two processes through the real `mql fit`
@@ -99,33 +51,15 @@ TINY = [
 DDP = ["--trainer.devices=2", "--trainer.accelerator=cpu"]  # the default strategy: `mql` picks DDP for unused params
 
 
-def mql_command() -> list[str]:
-    """The installed ``mql`` console script (``python -m mql_lightning.cli`` if there is none)."""
-    script = Path(sys.executable).with_name("mql")
-    return [str(script)] if script.is_file() else [sys.executable, "-m", "mql_lightning.cli"]
-
-
-def run_mql(cwd: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """Run ``mql`` in a subprocess in ``cwd`` (runs go to ``cwd/runs``); this module importable for its callback."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    cwd.mkdir(parents=True, exist_ok=True)
-    return subprocess.run(
-        [*mql_command(), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
-    )
-
-
 def report_callback(directory: Path) -> str:
-    return (
-        '--trainer.callbacks+={"class_path": "tests.test_distributed.RankReport", '
-        f'"init_args": {{"directory": "{directory}"}}}}'
-    )
+    return callback_arg("RankReport", directory=str(directory))
 
 
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     """``mql fit`` on two CPU processes: 600 environment steps over both ranks, validation at 0, 320 and 600."""
     root = tmp_path_factory.mktemp("ddp")
-    result = run_mql(root, "fit", *TINY, *DDP, report_callback(root / "reports"))
+    result = run_mql_script(root, "fit", *TINY, *DDP, report_callback(root / "reports"))
     assert result.returncode == 0, result.stderr[-4000:]
     run = root / "runs" / "mql" / "version_0"
     reports = [torch.load(root / "reports" / f"rank{r}.pt", weights_only=True) for r in range(2)]
@@ -218,9 +152,11 @@ def test_one_device_reads_a_ddp_checkpoint_with_the_shards_joined(ddp_run: Simpl
 def test_ddp_resume_continues_exactly_like_an_uninterrupted_run(ddp_run: SimpleNamespace, tmp_path: Path) -> None:
     """Resuming on two processes restores every rank's shard and streams: the weights match a run to 920 steps."""
     longer = [*TINY, "--data.max_env_steps=900"]
-    straight = run_mql(tmp_path / "straight", "fit", *longer, *DDP, report_callback(tmp_path / "straight_reports"))
+    straight = run_mql_script(
+        tmp_path / "straight", "fit", *longer, *DDP, report_callback(tmp_path / "straight_reports")
+    )
     assert straight.returncode == 0, straight.stderr[-4000:]
-    resumed = run_mql(
+    resumed = run_mql_script(
         tmp_path / "resumed", "fit", *longer, *DDP, report_callback(tmp_path / "resumed_reports"),
         f"--ckpt_path={ddp_run.ckpt / 'last.ckpt'}",
     )

@@ -8,21 +8,15 @@ is then resumed from what is left and must end exactly like the uninterrupted ru
 
 from __future__ import annotations
 
-import io
-import os
 import re
 import signal
-import subprocess
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import pytest
 import torch
 
-import mql_lightning.callbacks.checkpoint as checkpoint_module
 from mql_lightning.data.side_file import (
     atomic_save,
     drop_previous,
@@ -34,8 +28,9 @@ from mql_lightning.data.side_file import (
     save_replay,
     side_file_steps,
 )
-from tests.test_distributed import REPO, mql_command
-from tests.test_resume import BUDGET, RESUME_ARGS, assert_same_run, checkpoint, fit, metrics_rows, resume
+from tests.helpers.callbacks import MARK, callback_arg
+from tests.helpers.processes import RunningMql
+from tests.helpers.runs import BUDGET, RESUME_ARGS, assert_same_run, checkpoint, fit, metrics_rows, resume
 
 MESSAGE = re.compile(
     r"mql: interrupted by (SIG\w+) at environment step (\d+); saved (\S+/last\.ckpt) and last\.replay\.pt; "
@@ -43,76 +38,18 @@ MESSAGE = re.compile(
 )
 
 
-class Touch(L.Callback):
-    """Creates ``path`` when a validation task starts (its adaptation follows): the moment to send a signal."""
-
-    def __init__(self, path: str) -> None:
-        super().__init__()
-        self.path = Path(path)
-
-    def on_validation_batch_start(self, *args: Any, **kwargs: Any) -> None:
-        self.path.touch()
+def start_mql(cwd: Path, *args: str, **env_vars: str) -> RunningMql:
+    """Start ``mql fit`` of the exact-resume configuration in its own process (runs under ``cwd/runs``)."""
+    return RunningMql(cwd, ["fit", *RESUME_ARGS, *args], **env_vars)
 
 
-class DieWhileWriting(L.Callback):
-    """Kills the process (``os._exit(137)``, no clean-up) halfway through writing ``last.ckpt`` at ``env_steps``.
-
-    Half of the checkpoint's bytes go to a temporary file beside it, as the atomic writer would have left them. Only
-    in a process started with ``MQL_TEST_DIE=1``: the resumed run, in the test process, has the same callback.
-    """
-
-    def __init__(self, env_steps: int) -> None:
-        super().__init__()
-        self.env_steps = env_steps
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.datamodule.progress.env_steps != self.env_steps or os.environ.get("MQL_TEST_DIE") != "1":
-            return
-        write = checkpoint_module.atomic_save
-
-        def die_halfway(obj: Any, path: Any) -> None:
-            if Path(path).name != "last.ckpt":
-                return write(obj, path)
-            data = io.BytesIO()
-            torch.save(obj, data)
-            partial = Path(path).with_name(f".{Path(path).name}.killed.tmp")
-            partial.write_bytes(data.getvalue()[: len(data.getvalue()) // 2])
-            os._exit(137)
-
-        checkpoint_module.atomic_save = die_halfway
-
-
-def start_mql(cwd: Path, *args: str, **env_vars: str) -> tuple[subprocess.Popen[str], list[tuple[float, str]]]:
-    """Start ``mql fit`` (runs under ``cwd/runs``); its stderr lines are collected with their arrival times."""
-    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "PYTHONPATH": path, **env_vars}
-    cwd.mkdir(parents=True, exist_ok=True)
-    process = subprocess.Popen(
-        [*mql_command(), "fit", *RESUME_ARGS, *args], cwd=cwd, env=env, text=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    lines: list[tuple[float, str]] = []
-    read = lambda: lines.extend((time.monotonic(), line) for line in process.stderr)  # noqa: E731
-    threading.Thread(target=read, daemon=True).start()
-    return process, lines
-
-
-def wait_for(path: Path, process: subprocess.Popen[str], timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert process.poll() is None, f"mql exited with {process.returncode} before {path.name} appeared"
-        assert time.monotonic() < deadline, f"{path} did not appear"
-        time.sleep(0.05)
-
-
-def interrupt(process: subprocess.Popen[str], lines: list[tuple[float, str]], signum: int) -> tuple[re.Match, float]:
+def interrupt(running: RunningMql, signum: int) -> tuple[re.Match, float]:
     """Send ``signum``; wait for the exit. The message, and the seconds from the signal to the message."""
     sent = time.monotonic()
-    process.send_signal(signum)
-    assert process.wait(timeout=60) == 128 + signum
-    time.sleep(0.2)  # the reader thread's last lines
-    found = [(t, MESSAGE.search(line)) for t, line in lines if MESSAGE.search(line)]
-    assert found, "".join(line for _, line in lines)[-3000:]
+    running.process.send_signal(signum)
+    assert running.wait(timeout=60) == 128 + signum
+    found = [(t, MESSAGE.search(line)) for t, line in running.lines if MESSAGE.search(line)]
+    assert found, running.stderr()[-3000:]
     return found[0][1], found[0][0] - sent
 
 
@@ -130,11 +67,12 @@ def assert_loadable_pair(run: Path) -> int:
 # Signals to a real `mql fit`
 # --------------------------------------------------------------------------------------------------------------
 def test_sigterm_during_training_saves_within_seconds_and_resumes(tmp_path: Path) -> None:
-    process, lines = start_mql(tmp_path, "--data.max_env_steps=1000000")
+    running = start_mql(
+        tmp_path, "--data.max_env_steps=1000000", callback_arg("Mark", text="past", at="update", after=200)
+    )
     run = tmp_path / "runs" / "mql" / "version_0"
-    wait_for(run / "checkpoints" / "last.ckpt", process)  # the validation at 200 is done: training goes on
-    time.sleep(1.0)
-    message, latency = interrupt(process, lines, signal.SIGTERM)
+    running.wait_for_line(f"{MARK} past")  # the validation at 200 and its checkpoint are done: training goes on
+    message, latency = interrupt(running, signal.SIGTERM)
     assert latency < 5.0, latency
     name, step, saved, resume_from = message.groups()
     assert name == "SIGTERM" and Path(saved) == Path(resume_from) == Path("runs/mql/version_0/checkpoints/last.ckpt")
@@ -148,16 +86,14 @@ def test_sigterm_during_training_saves_within_seconds_and_resumes(tmp_path: Path
 
 
 def test_sigint_during_adaptation_abandons_the_validation_and_resuming_runs_it(tmp_path: Path) -> None:
-    marker = tmp_path / "adapting"
-    process, lines = start_mql(
+    running = start_mql(
         tmp_path, "--data.max_env_steps=1000000", "--data.validate_at_start=false",
         "--adaptation.settings.replay_updates=100000000",  # the validation at 200 would adapt for days
-        f'--trainer.callbacks+={{"class_path": "tests.test_interrupt.Touch", "init_args": {{"path": "{marker}"}}}}',
+        callback_arg("Mark", text="validating", at="validation_task"),
     )
     run = tmp_path / "runs" / "mql" / "version_0"
-    wait_for(marker, process)
-    time.sleep(1.0)
-    message, latency = interrupt(process, lines, signal.SIGINT)
+    running.wait_for_line(f"{MARK} validating")  # its evaluation, then its endless adaptation
+    message, latency = interrupt(running, signal.SIGINT)
     assert latency < 5.0, latency
     assert message.group(1) == "SIGINT" and message.group(2) == "200"
     assert assert_loadable_pair(run) == 200
@@ -219,12 +155,10 @@ def test_atomic_save_never_leaves_a_partial_file_and_clears_what_a_killed_writer
 def test_killed_while_writing_the_checkpoint_resumes_from_the_previous_pair_exactly(
     straight_run: Path, tmp_path: Path
 ) -> None:
-    process, _ = start_mql(
-        tmp_path, f"--data.max_env_steps={BUDGET}",
-        '--trainer.callbacks+={"class_path": "tests.test_interrupt.DieWhileWriting", "init_args": {"env_steps": 400}}',
-        MQL_TEST_DIE="1",
+    running = start_mql(
+        tmp_path, f"--data.max_env_steps={BUDGET}", callback_arg("DieWhileWriting", env_steps=400), MQL_TEST_DIE="1"
     )
-    assert process.wait(timeout=300) == 137
+    assert running.wait(timeout=300) == 137
     run = tmp_path / "runs" / "mql" / "version_0"
     side = replay_path(run / "checkpoints" / "last.ckpt")
     # The worst moment: the new side file is in place, the checkpoint beside it is still the previous one.

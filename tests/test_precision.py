@@ -17,7 +17,7 @@ from mql_lightning.modules.context import ContextEncoder
 from mql_lightning.modules.losses import actor_loss, critic_loss
 from mql_lightning.modules.propensity import PropensityClassifier, effective_sample_size
 from mql_lightning.modules.td3 import TD3Agent
-from tests.conftest import run_fit
+from tests.helpers.runs import run_fit
 
 OBS, ACT, H, B = 3, 2, 4, 16
 C = ACT + 1 + OBS

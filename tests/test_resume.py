@@ -1,188 +1,28 @@
 """Resuming exactly: a run stopped at a checkpoint and resumed logs the same numbers and ends with the same weights.
 
-Every test compares with one uninterrupted run (:func:`straight_run`) of the same configuration: a point-robot run of
-400 environment steps, validating (with adaptation) at 0, 200 and 400. The stops are requested from a test callback
-(:class:`StopAt`) exactly as the SIGTERM handler requests them, at a chosen point: between two updates, in the middle
-of a validation's adaptation, in the middle of the warm-up. (The real signals are sent to a real process in
-``test_interrupt.py``.) The resumed leg is always the short form, ``mql fit --ckpt_path <run>/checkpoints/last.ckpt``,
-which takes the run's own config and continues in its run directory.
+Every test compares with one uninterrupted run (the ``straight_run`` fixture) of the same configuration: a point-robot
+run of 400 environment steps, validating (with adaptation) at 0, 200 and 400 (``tests/helpers/runs.py``). The stops are
+requested from a test callback (``StopAt`` in ``tests/helpers/callbacks.py``) exactly as the SIGTERM handler requests
+them, at a chosen point: between two updates, in the middle of a validation's adaptation, in the middle of the warm-up.
+(The real signals are sent to a real process in ``test_interrupt.py``.) The resumed leg is always the short form, ``mql
+fit --ckpt_path <run>/checkpoints/last.ckpt``, which takes the run's own config and continues in its run directory.
 
 Besides the model's own numbers, every run logs draws from the global torch, numpy and Python generators
-(:class:`GlobalDraws`): a component drawing from them must see the same numbers after a resume.
+(``GlobalDraws``): a component drawing from them must see the same numbers after a resume.
 """
 
 from __future__ import annotations
 
 import csv
-import functools
-import random
 import shutil
-import signal
 from pathlib import Path
-from typing import Any
 
-import lightning as L
-import numpy as np
-import pytest
 import torch
 import yaml
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from mql_lightning import interrupt
 from mql_lightning.callbacks.checkpoint import continue_run_logs
-from mql_lightning.cli import main
-
-BUDGET = 400
-RESUME_ARGS = [
-    "--seed_everything=0",
-    "--trainer.enable_progress_bar=false",
-    "--trainer.enable_model_summary=false",
-    "--model.agent.init_args.hidden_sizes=[32,32]",
-    "--model.agent.init_args.context.init_args.hidden_size=8",
-    "--data.num_train_tasks=4",
-    "--data.num_val_tasks=2",
-    "--data.num_test_tasks=2",
-    "--data.tasks_per_validation=2",
-    "--data.batch_size=32",
-    "--data.warmup_steps=100",
-    "--data.val_every_env_steps=200",
-    "--data.eval_episodes=1",
-    "--adaptation.settings.num_steps=40",
-    "--adaptation.settings.new_task_updates=2",
-    "--adaptation.settings.replay_updates=3",
-    "--trainer.log_every_n_steps=10",
-    '--trainer.callbacks+={"class_path": "tests.test_resume.GlobalDraws"}',
-]
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Test callbacks (passed on the command line, so also importable by the `mql` subprocesses of test_interrupt.py)
-# --------------------------------------------------------------------------------------------------------------
-class StopAt(L.Callback):
-    """Requests a stop, as SIGTERM does, when training first reaches ``env_steps`` (in this process).
-
-    Args:
-        env_steps: Environment step at which to request it.
-        during: ``training`` (after an update), ``adaptation`` (when the validation reaches its task ``task``: the
-            request is acted on inside that task's adaptation), ``warmup`` (after a round of warm-up episodes).
-        task: See ``during``.
-    """
-
-    def __init__(self, env_steps: int, during: str = "training", task: int = 1) -> None:
-        super().__init__()
-        self.env_steps, self.during, self.task = env_steps, during, task
-        self._start = 0
-
-    def _due(self, trainer: L.Trainer) -> bool:
-        # Only when crossing the step in this process: the resumed run (same config, same callback) goes on.
-        return self._start < self.env_steps <= trainer.datamodule.progress.env_steps
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        datamodule = trainer.datamodule
-        self._start = datamodule.progress.env_steps
-        if self.during == "warmup":
-            store = datamodule._store
-
-            def store_then_stop(episodes: Any) -> Any:
-                out = store(episodes)
-                if self._due(trainer):
-                    interrupt.request_stop(signal.SIGTERM)
-                return out
-
-            datamodule._store = store_then_stop
-
-    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        if self.during == "training" and self._due(trainer):
-            interrupt.request_stop(signal.SIGTERM)
-
-    def on_validation_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
-                                  batch_idx: int, dataloader_idx: int = 0) -> None:
-        if self.during == "adaptation" and batch_idx == self.task and self._due(trainer):
-            interrupt.request_stop(signal.SIGTERM)
-
-
-class GlobalDraws(L.Callback):
-    """Draws from the global torch, numpy and Python generators after every update and logs every tenth draw.
-
-    Per update, not per Lightning batch: the step that closes a validation period makes no update, and a run resumed
-    before a validation has one such step more than the uninterrupted run (the restart ends an epoch at once).
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._seen = 0
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._seen = pl_module.num_updates
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        if pl_module.num_updates == self._seen:
-            return
-        self._seen = pl_module.num_updates
-        draws = {"test/torch": float(torch.rand(())), "test/numpy": float(np.random.rand()),
-                 "test/python": random.random()}
-        if pl_module.num_updates % 10 == 0:
-            for logger in trainer.loggers:
-                logger.log_metrics(draws, step=trainer.datamodule.progress.env_steps)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Helpers
-# --------------------------------------------------------------------------------------------------------------
-def fit(root: Path, *extra: str) -> Path:
-    """``mql fit`` in-process with the runs under ``root``; the run directory."""
-    main(["fit", *RESUME_ARGS, f"--trainer.logger.init_args.save_dir={root}", f"--data.max_env_steps={BUDGET}", *extra])
-    return root / "mql" / "version_0"
-
-
-def fit_until_stopped(root: Path, stop: dict[str, Any], *extra: str) -> Path:
-    """A run stopped by :class:`StopAt`; asserts it exits as SIGTERM does (143). The run directory."""
-    callback = '{"class_path": "tests.test_resume.StopAt", "init_args": ' + str(stop).replace("'", '"') + "}"
-    with pytest.raises(SystemExit) as exit_info:
-        fit(root, f"--trainer.callbacks+={callback}", *extra)
-    assert exit_info.value.code == 128 + signal.SIGTERM
-    return root / "mql" / "version_0"
-
-
-def resume(run: Path, *extra: str) -> None:
-    """The short form: ``mql fit --ckpt_path <run>/checkpoints/last.ckpt`` (the run's config is found by itself)."""
-    main(["fit", "--ckpt_path", str(run / "checkpoints" / "last.ckpt"), *extra])
-
-
-def metrics_rows(run: Path) -> list[dict[str, str]]:
-    """The logged rows, without the one wall-clock metric."""
-    with open(run / "metrics.csv", newline="") as f:
-        return [{k: v for k, v in row.items() if v != "" and k != "time/updates_per_s"} for row in csv.DictReader(f)]
-
-
-def checkpoint(run: Path, name: str = "last") -> dict[str, Any]:
-    return torch.load(run / "checkpoints" / f"{name}.ckpt", weights_only=True)
-
-
-def assert_same_run(resumed: Path, straight: Path) -> None:
-    """Same rows logged (losses, rollout, validation before and after adaptation, global draws), same final state."""
-    a, b = metrics_rows(straight), metrics_rows(resumed)
-    assert [r["step"] for r in b] == [r["step"] for r in a]
-    assert b == a
-    logged = {"val/return", "val/return_pre_adapt", "rollout/return", "train/critic_loss", "test/numpy"}
-    assert logged <= set().union(*a)
-    final, expected = checkpoint(resumed), checkpoint(straight)
-    for key, value in expected["state_dict"].items():
-        assert torch.equal(final["state_dict"][key], value), key
-    for opt, opt_expected in zip(final["optimizer_states"], expected["optimizer_states"], strict=True):
-        for index, state in opt_expected["state"].items():
-            for name, value in state.items():
-                assert torch.equal(opt["state"][index][name], value), (index, name)
-    assert final["MetaRLDataModule"]["progress"] == expected["MetaRLDataModule"]["progress"]
-    assert final["mql"]["num_updates"] == expected["mql"]["num_updates"]
-    assert torch.equal(final["mql"]["noise_generator"], expected["mql"]["noise_generator"])
-    assert final["global_step"] == expected["global_step"]
-    assert [p.name for p in resumed.parent.iterdir()] == [resumed.name], "the resumed run opened a new directory"
-
-
-@functools.cache
-def _straight(base: Path) -> Path:
-    return fit(base / "straight")
+from tests.helpers.runs import BUDGET, assert_same_run, checkpoint, fit, fit_until_stopped, metrics_rows, resume
 
 
 # --------------------------------------------------------------------------------------------------------------
