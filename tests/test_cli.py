@@ -13,6 +13,7 @@ import yaml
 from lightning.pytorch.strategies import DDPStrategy
 
 from mql_lightning.cli import MQLCLI, main
+from mql_lightning.configs import config_path
 from mql_lightning.data.datamodule import MetaRLDataModule
 from mql_lightning.modules.mql import MQL
 from tests.helpers.runs import run_fit
@@ -92,10 +93,36 @@ def test_print_config_round_trips_through_fit(tmp_path: Path, capsys: pytest.Cap
     assert (tmp_path / "mql" / "version_0" / "checkpoints" / "last.ckpt").is_file()
 
 
-def test_shipped_point_config_runs(tmp_path: Path) -> None:
-    config = Path(__file__).parents[1] / "configs" / "point.yaml"
-    main(["fit", "--config", str(config), *_quiet(tmp_path), "--data.max_env_steps=300", "--data.warmup_steps=200"])
-    assert (tmp_path / "point" / "version_0" / "config.yaml").is_file()
+def _printed_config(capsys: pytest.CaptureFixture[str], *args: str) -> dict:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *args, "--print_config"])
+    assert exit_info.value.code == 0
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+def test_mql_fit_without_a_config_runs_exactly_configs_point_yaml(capsys: pytest.CaptureFixture[str]) -> None:
+    embedded = _printed_config(capsys)
+    spelled_out = _printed_config(capsys, "--config", str(config_path("point")))
+    assert embedded == spelled_out
+    assert embedded["model"]["agent"]["init_args"]["hidden_sizes"] == [128, 128]  # the file's values, not TD3Agent's
+    assert yaml.safe_load(config_path("point").read_text())["data"].items() <= embedded["data"].items()
+
+
+def test_shipped_point_config_trains_and_validates(tmp_path: Path) -> None:
+    main(["fit", "--config", str(config_path("point")), *_quiet(tmp_path), "--data.max_env_steps=300",
+          "--data.warmup_steps=200"])
+    run = tmp_path / "mql" / "version_0"
+    assert [step for step, _ in val_returns(run)] == [0, 300]  # at the start and at the budget
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["MetaRLDataModule"]["progress"]["env_steps"] == 300 and ckpt["mql"]["num_updates"] == 100
+
+
+def test_default_root_dir_holds_the_run(tmp_path: Path) -> None:
+    main(["fit", f"--trainer.default_root_dir={tmp_path / 'here'}", "--trainer.enable_progress_bar=false",
+          "--data.max_env_steps=200", "--data.warmup_steps=200", "--data.validate_at_start=false"])
+    run = tmp_path / "here" / "mql" / "version_0"
+    assert (run / "config.yaml").is_file() and (run / "metrics.csv").is_file()
+    assert (run / "checkpoints" / "last.ckpt").is_file()
 
 
 def test_trainer_max_steps_bounds_training(tmp_path: Path) -> None:

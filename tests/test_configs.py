@@ -34,8 +34,8 @@ def test_every_benchmark_has_a_config() -> None:
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
 def test_config_trains_for_a_tiny_budget(config: Path, tmp_path: Path) -> None:
     main(["fit", "--config", str(config), f"--trainer.logger.init_args.save_dir={tmp_path}", *TINY])
-    name = yaml.safe_load(config.read_text())["trainer"]["logger"][0]["init_args"]["name"]
-    run = tmp_path / name / "version_0"
+    loggers = yaml.safe_load(config.read_text()).get("trainer", {}).get("logger", [{"init_args": {"name": "mql"}}])
+    run = tmp_path / loggers[0]["init_args"]["name"] / "version_0"
     assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "checkpoints" / "last.replay.pt").is_file()
     assert "val/task_0/lambda" in (run / "metrics.csv").read_text()
 

@@ -20,8 +20,8 @@ import torch
 
 from mql_lightning.cli import main
 from mql_lightning.data.datamodule import MetaRLDataModule
-from mql_lightning.data.replay import EpisodeReplay
-from mql_lightning.data.side_file import _select, load_replay_for, replay_path, save_replay
+from mql_lightning.data.replay import EpisodeReplay, join_task_states
+from mql_lightning.data.side_file import load_replay_for, replay_path, save_replay
 from tests.helpers.callbacks import callback_arg
 from tests.helpers.processes import run_mql_script
 
@@ -204,7 +204,7 @@ def test_shards_are_joined_and_re_split_by_global_task(tmp_path: Path) -> None:
     # Two shards of a 2-process run, cut from the whole buffer: rank r holds tasks r and r + 2.
     for rank in range(2):
         tasks = [rank, rank + 2]
-        shard_state = _select([{"replay": state}], tasks)
+        shard_state = join_task_states([(state, range(4))], tasks)
         save_replay(replay_path(ckpt, rank, 2), 50, shard_state,
                     {"rank": rank, "world_size": 2, "tasks": tasks, "streams": {"datamodule": {"rank": rank}}})
     # Each rank of a 2-process reader gets its own shard back, with its streams.

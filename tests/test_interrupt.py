@@ -18,14 +18,8 @@ import pytest
 import torch
 
 from mql_lightning.data.side_file import (
-    atomic_save,
-    drop_previous,
-    keep_previous,
-    load_side_file,
-    matching_side_file,
     previous_path,
     replay_path,
-    save_replay,
     side_file_steps,
 )
 from tests.helpers.callbacks import MARK, callback_arg
@@ -102,51 +96,6 @@ def test_sigint_during_adaptation_abandons_the_validation_and_resuming_runs_it(t
 
     resume(run, "--data.max_env_steps=200", "--adaptation.settings.replay_updates=3")
     assert [r["step"] for r in metrics_rows(run) if "val/return" in r] == ["200"]
-
-
-# --------------------------------------------------------------------------------------------------------------
-# The write protocol, state by state
-# --------------------------------------------------------------------------------------------------------------
-def _replay_state(steps: int) -> dict[str, Any]:
-    return {"steps": torch.full((3,), float(steps))}
-
-
-def test_every_state_of_a_pair_replacement_has_a_matching_side_file(tmp_path: Path) -> None:
-    """Replacing the pair at 200 by the one at 400, as ReplayCheckpoint does; each state is what a kill leaves."""
-    side = replay_path(tmp_path / "last.ckpt")
-    save_replay(side, 200, _replay_state(200))
-    assert matching_side_file(side, 200) == side  # before: the old pair
-    keep_previous(side)
-    assert matching_side_file(side, 200) == side
-    save_replay(side, 400, _replay_state(400))
-    # The new side file is in place, the checkpoint is still the old one: its side file is the one kept.
-    assert matching_side_file(side, 200) == previous_path(side)
-    assert load_side_file(side, 200)["replay"]["steps"][0] == 200
-    assert matching_side_file(side, 400) == side  # the new checkpoint is in place too
-    drop_previous(side)
-    assert matching_side_file(side, 400) == side
-    with pytest.raises(ValueError, match="written at 400 environment steps but its checkpoint at 200"):
-        matching_side_file(side, 200)
-
-
-def test_atomic_save_never_leaves_a_partial_file_and_clears_what_a_killed_writer_left(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    target = tmp_path / "last.ckpt"
-    atomic_save({"a": torch.ones(2)}, target)
-    stale = tmp_path / ".last.ckpt.killed.tmp"
-    stale.write_bytes(b"half")  # what a process killed mid-write leaves
-
-    def fail(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
-        f.write(b"half a checkpoint")
-        raise OSError("disk full")
-
-    monkeypatch.setattr(torch, "save", fail)
-    with pytest.raises(OSError, match="disk full"):
-        atomic_save({"a": torch.zeros(2)}, target)
-    monkeypatch.undo()
-    assert torch.equal(torch.load(target, weights_only=True)["a"], torch.ones(2))  # the old file, whole
-    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file, the stale one gone too
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -1,14 +1,10 @@
-"""Checkpoints that carry the meta-training replay buffer in a side file (DESIGN decision 11), written atomically,
-saved on SIGTERM and SIGINT, and continued in place when a run resumes."""
+"""Checkpoints that carry the meta-training replay buffer in a side file, written atomically, saved on SIGTERM and
+SIGINT (``docs/design.md#checkpoints-and-side-files``)."""
 
 from __future__ import annotations
 
-import csv
-import os
 import signal
 import sys
-import warnings
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +12,17 @@ import lightning as L
 import torch
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import SaveConfigCallback
-from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only
 
-from mql_lightning import interrupt
-from mql_lightning.data.side_file import atomic_save, drop_previous, keep_previous, replay_path, save_replay
+from mql_lightning import interrupt, lightning_internals
+from mql_lightning.data.side_file import (
+    atomic_save,
+    drop_previous,
+    keep_previous,
+    link_atomically,
+    replay_path,
+    save_replay,
+)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -60,9 +60,9 @@ class ReplayCheckpoint(ModelCheckpoint):
     A validation is abandoned, not half-logged: the checkpoint is the state from before it, and resuming runs it
     again. A second signal stops at once without saving (the previous pair stays loadable).
 
-    Under several processes (DESIGN decision 12) Lightning writes the ``.ckpt`` from rank 0, and every rank writes
-    its own shard, ``<name>.replay.rank<r>.pt``: the replay of its training tasks, their global ids, and the rank's
-    own random streams (its DataModule's and its model's), which the DataModule restores when resuming on as many
+    Under several processes (``docs/design.md#several-processes``) Lightning writes the ``.ckpt`` from rank 0, and every
+    rank writes its own shard, ``<name>.replay.rank<r>.pt``: the replay of its training tasks, their global ids, and the
+    rank's own random streams (its DataModule's and its model's), which the DataModule restores when resuming on as many
     processes. The ranks wait for each other's shards before going on, so a checkpoint is complete once any rank
     has moved past it. A stop request is shared by the ranks after every update (one all-reduce of one number), so
     all of them stop at the same update; a validation under way is then finished first.
@@ -94,7 +94,7 @@ class ReplayCheckpoint(ModelCheckpoint):
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         """Note where the checkpoint being restored lies (see :meth:`load_state_dict`, which Lightning calls next)."""
         super().on_load_checkpoint(trainer, pl_module, checkpoint)
-        self._resumed_from = trainer.ckpt_path
+        self._resumed_from = trainer.ckpt_path if trainer.state.fn == "fit" else None
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore as ``ModelCheckpoint`` does, also when the run resumes in its own directory spelt differently.
@@ -105,6 +105,10 @@ class ReplayCheckpoint(ModelCheckpoint):
         in this callback's directory: the paths it recorded are moved there.
         """
         saved, resumed_from = state_dict.get("dirpath"), self._resumed_from
+        if resumed_from is None:
+            # `mql validate` / `mql test`: this run saves no checkpoint, and the training run's record of its best and
+            # last checkpoints (in another directory) means nothing here.
+            return
         if (
             saved is not None and self.dirpath is not None and saved != self.dirpath and resumed_from is not None
             and Path(resumed_from).resolve().parent == Path(self.dirpath).resolve()
@@ -158,7 +162,7 @@ class ReplayCheckpoint(ModelCheckpoint):
         ahead, so resuming from it validates again.
         """
         if self.save_on_interrupt and trainer.state.fn == "fit" and not trainer.sanity_checking:
-            self._before_validation = trainer._checkpoint_connector.dump_checkpoint(self.save_weights_only)
+            self._before_validation = lightning_internals.dump_checkpoint(trainer, self.save_weights_only)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Save as ``ModelCheckpoint`` does, then ``last`` if it did not: ``last.ckpt`` is always the latest state.
@@ -222,10 +226,7 @@ class ReplayCheckpoint(ModelCheckpoint):
         try:
             if self._written is not None and self._written[0] == env_steps and self._written[1].exists():
                 if self._written[1] != target:
-                    tmp = target.with_name(f".{target.name}.link")
-                    tmp.unlink(missing_ok=True)
-                    os.link(self._written[1], tmp)
-                    os.replace(tmp, target)
+                    link_atomically(self._written[1], target)
             else:
                 save_replay(target, env_steps, replay.state_dict(), _shard(trainer, datamodule))
         except BaseException:
@@ -280,7 +281,7 @@ class ReplayCheckpoint(ModelCheckpoint):
             self._before_validation["callbacks"][self.state_key] = self.state_dict()
             self._save_pair(trainer, filepath, self._before_validation)
         elif self._last_state != _state_of(trainer) or not Path(filepath).is_file():
-            self._save_pair(trainer, filepath, trainer._checkpoint_connector.dump_checkpoint(self.save_weights_only))
+            self._save_pair(trainer, filepath, lightning_internals.dump_checkpoint(trainer, self.save_weights_only))
         self._before_validation = None
         if trainer.is_global_zero:
             progress = getattr(trainer.datamodule, "progress", None)
@@ -299,102 +300,6 @@ def _state_of(trainer: L.Trainer) -> tuple[int, int]:
     """What identifies a training state: optimiser steps and environment steps."""
     progress = getattr(trainer.datamodule, "progress", None)
     return trainer.global_step, progress.env_steps if progress is not None else -1
-
-
-# ------------------------------------------------------------------------------------------------------- resuming
-class SaveConfigOnResume(SaveConfigCallback):
-    """LightningCLI's config saver for a resumed run: replaces the run's ``config.yaml`` once training starts.
-
-    Lightning's writes it at setup, before the checkpoint is restored: a resume refused then (e.g. on another number
-    of processes) would have replaced the configuration the run was trained with. Pass ``overwrite=True``.
-    """
-
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        """Nothing yet (see :meth:`on_train_start`)."""
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """The checkpoint is restored: record the configuration the run goes on with (e.g. a larger budget).
-
-        Without ``ckpt_path``: the file describes the run, not the command that resumed it, so that ``mql fit --config
-        <run>/config.yaml`` starts a new run from it, as with the config of a run never resumed.
-        """
-        if "ckpt_path" in self.config:
-            self.config = self.config.clone()
-            self.config.ckpt_path = None
-        super().setup(trainer, pl_module, "fit")
-
-
-def run_directory_of(checkpoint_path: str | os.PathLike[str]) -> Path | None:
-    """The run directory a checkpoint belongs to (``<run>/checkpoints/<name>.ckpt`` beside ``<run>/config.yaml``),
-    as an absolute path; ``None`` for a checkpoint outside a run directory (or a path that is not a file)."""
-    path = Path(checkpoint_path)
-    if not path.is_file():
-        return None
-    run = path.resolve().parent.parent
-    return run if path.resolve().parent.name == "checkpoints" and (run / "config.yaml").is_file() else None
-
-
-@rank_zero_only  # the loggers write from the first process only; the others must not touch the files
-def continue_run_logs(loggers: Iterable[Logger], checkpoint_path: str | os.PathLike[str]) -> None:
-    """Make the loggers of a resumed run continue its records in its run directory, before they write anything.
-
-    Lightning's ``CSVLogger`` deletes the ``metrics.csv`` it finds when it opens a run directory again, and
-    TensorBoard would show the events logged after the checkpoint (work lost with the interruption, which the
-    resumed run does again) beside the new ones. So the CSV rows and the events up to the checkpoint's environment
-    step are kept and later ones dropped (TensorBoard's own ``purge_step`` mechanism for events); new rows are
-    appended. While the CSV is rewritten, the original stays on the disk as ``.metrics.csv.resuming`` (and is used
-    if a resume was killed in the middle of this).
-
-    Args:
-        loggers: The Trainer's loggers (others than CSV and TensorBoard are left alone).
-        checkpoint_path: The checkpoint resumed from; its environment-step count is the loggers' x-axis.
-    """
-    # Memory-mapped: only the counters are read.
-    checkpoint = torch.load(checkpoint_path, weights_only=True, mmap=True, map_location="cpu")
-    progress = next((v["progress"] for v in checkpoint.values() if isinstance(v, dict) and "progress" in v), None)
-    if progress is None:
-        return
-    env_steps = int(progress["env_steps"])
-    for logger in loggers:
-        if isinstance(logger, CSVLogger):
-            _continue_csv(logger, env_steps)
-        elif isinstance(logger, TensorBoardLogger) and logger._experiment is None:
-            # The SummaryWriter is created on first use with these keyword arguments (no public setter).
-            logger._kwargs.setdefault("purge_step", env_steps + 1)
-
-
-def _continue_csv(logger: CSVLogger, env_steps: int) -> None:
-    metrics = Path(logger.log_dir) / "metrics.csv"
-    backup = metrics.with_name(f".{metrics.name}.resuming")
-    if metrics.is_file():
-        os.replace(metrics, backup)  # nothing left for the logger to delete
-    if not backup.is_file():
-        return
-    with open(backup, newline="") as file:
-        reader = csv.DictReader(file)
-        header = list(reader.fieldnames or [])
-        rows = [row for row in reader if _row_step(row) <= env_steps]
-    with warnings.catch_warnings():
-        # "Previous log files in this directory will be deleted": not so, they were just moved aside.
-        warnings.filterwarnings("ignore", message=r".*exists and is not empty.*")
-        writer = logger.experiment
-    tmp = metrics.with_name(f".{metrics.name}.tmp")
-    with open(tmp, "w", newline="") as file:
-        out = csv.DictWriter(file, fieldnames=header)
-        out.writeheader()
-        out.writerows(rows)
-    os.replace(tmp, metrics)
-    backup.unlink()
-    # Appended under the same header from now on (a new metric rewrites the file with a wider one, as usual).
-    writer.metrics_keys = header
-    rank_zero_info(f"Continuing {metrics} after environment step {env_steps} ({len(rows)} rows kept)")
-
-
-def _row_step(row: dict[str, str]) -> float:
-    try:
-        return float(row.get("step") or 0.0)
-    except ValueError:
-        return 0.0
 
 
 def _shard(trainer: L.Trainer, datamodule: Any) -> dict[str, Any] | None:

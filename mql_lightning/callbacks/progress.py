@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import math
 import time
+from datetime import timedelta
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import RichProgressBar
+from lightning.pytorch.callbacks.progress.rich_progress import CustomTimeColumn
+from rich.progress import ProgressColumn, Task
+from rich.text import Text
 
 
 class MQLProgressBar(RichProgressBar):
     """Lightning's Rich progress bar, with the training bar in environment steps of the budget.
 
     Lightning's bar counts batches of an epoch; here an epoch is a validation period and the budget is
-    ``data.max_env_steps`` (DESIGN decision 11), so the training bar shows environment steps out of that budget, and
-    next to it the update rate, the last training rollout's return and the last validation return (after adaptation
-    when the adaptation callback runs). Values come from the DataModule's counters and the logged metrics: nothing
-    extra is computed or synchronised for the bar.
+    ``data.max_env_steps`` (``docs/design.md#the-training-loop``), so the training bar shows environment steps out of
+    that budget, the time the whole run has taken (validations included, and the time before a resume, which is
+    saved with the checkpoint) and an estimate of the time left to the budget at the pace of this run so far, then the
+    update rate, the last training rollout's return and the last validation return (after adaptation when the
+    adaptation callback runs). Values come from the DataModule's counters and the logged metrics: nothing extra is
+    computed or synchronised for the bar.
 
     Args:
         refresh_rate: Update the bar every this many updates.
@@ -32,6 +38,42 @@ class MQLProgressBar(RichProgressBar):
         self.rate_window = rate_window
         self._clock: tuple[float, int] | None = None
         self._rate = math.nan
+        # The run's wall time before this process (from the checkpoint), and when and where this process started.
+        self._elapsed_before = 0.0
+        self._start: tuple[float, int] | None = None
+        self._env_steps: tuple[int, int | None] = (0, None)  # now, budget
+
+    def configure_columns(self, trainer: L.Trainer) -> list[ProgressColumn]:
+        """Lightning's columns, with the time column showing the whole run's time on the training bar."""
+        return [
+            _RunTimeColumn(self, column.style) if isinstance(column, CustomTimeColumn) else column
+            for column in super().configure_columns(trainer)
+        ]
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Start the run clock here (a resumed run adds the time saved with its checkpoint)."""
+        super().on_train_start(trainer, pl_module)
+        progress = _progress(trainer)
+        self._start = (time.monotonic(), progress.env_steps if progress is not None else 0)
+
+    def run_times(self) -> tuple[float, float | None]:
+        """Seconds the run has taken (every process that trained it), and an estimate of the seconds left."""
+        if self._start is None:
+            return self._elapsed_before, None
+        started, start_steps = self._start
+        now = time.monotonic() - started
+        steps, budget = self._env_steps
+        done = steps - start_steps
+        remaining = None if budget is None or done <= 0 else max(0.0, (budget - steps) * now / done)
+        return self._elapsed_before + now, remaining
+
+    def state_dict(self) -> dict[str, Any]:
+        """The run's wall time so far, so that a resumed run's bar shows the whole run's."""
+        return {"elapsed": self.run_times()[0]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        self._elapsed_before = float(state_dict.get("elapsed", 0.0))
 
     def _get_train_description(self, current_epoch: int) -> str:
         # Epochs are validation periods and max_epochs is -1: "Epoch 3/-2" would say nothing.
@@ -85,9 +127,33 @@ class MQLProgressBar(RichProgressBar):
         if progress is None or self.progress is None or self.train_progress_bar_id is None:
             return
         budget = getattr(trainer.datamodule, "max_env_steps", None)
+        self._env_steps = (progress.env_steps, budget)
         self.progress.update(self.train_progress_bar_id, completed=progress.env_steps, total=budget)
 
 
 def _progress(trainer: L.Trainer) -> Any:
     """The DataModule's environment-step counters, if it has them."""
     return getattr(getattr(trainer, "datamodule", None), "progress", None)
+
+
+class _RunTimeColumn(ProgressColumn):
+    """"elapsed • remaining": of the whole run on the training bar (:meth:`MQLProgressBar.run_times`), of the bar's
+    own task on the others (as Lightning's column)."""
+
+    max_refresh = 0.5  # as Lightning's: refreshing more often makes the numbers jitter
+
+    def __init__(self, bar: MQLProgressBar, style: Any) -> None:
+        super().__init__()
+        self.bar, self.style = bar, style
+
+    def render(self, task: Task) -> Text:
+        if task.id == self.bar.train_progress_bar_id:
+            elapsed, remaining = self.bar.run_times()
+        else:
+            elapsed = task.finished_time if task.finished else task.elapsed
+            remaining = task.time_remaining
+        return Text(f"{_clock(elapsed)} • {_clock(remaining)}", style=self.style)
+
+
+def _clock(seconds: float | None) -> str:
+    return "-:--:--" if seconds is None else str(timedelta(seconds=int(seconds)))

@@ -16,7 +16,7 @@ import torch
 from mql_lightning import interrupt
 from mql_lightning.data.collector import Collector, Episode, Policy
 from mql_lightning.data.replay import EpisodeReplay, ReplayBatch
-from mql_lightning.data.side_file import load_replay, load_replay_for
+from mql_lightning.data.side_file import load_replay_for
 from mql_lightning.envs import make_env, make_task_splits
 
 Split = Literal["train", "val", "test"]
@@ -499,13 +499,6 @@ class MetaRLDataModule(L.LightningDataModule):
             if "model" in loaded.streams and hasattr(module, "load_rank_state_dict"):
                 # The model was restored before the DataModule (Lightning's order): its per-rank streams live here.
                 module.load_rank_state_dict(loaded.streams["model"])
-
-    def load_replay(self, path: Path) -> None:
-        """Load the meta-training replay buffer from the side file written with the checkpoint being loaded."""
-        state = load_replay(path, self.progress.env_steps)
-        if self.replay is None:
-            self.replay = self._new_replay()
-        self.replay.load_state_dict(state)
 
 
 class _UpdateStream(Iterator[ReplayBatch]):

@@ -18,8 +18,6 @@ This module depends on torch and numpy only: the buffer knows nothing of Lightni
 from __future__ import annotations
 
 import operator
-import os
-import tempfile
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -519,43 +517,45 @@ class EpisodeReplay:
             storage.zero_()
             storage.index_copy_(0, filled, value)
 
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Atomically save the buffer to ``path`` (temporary file in the same directory, then ``os.replace``).
 
-        Args:
-            path: Destination file.
-        """
-        path = os.fspath(path)
-        directory = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(prefix=".replay-", suffix=".tmp", dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                torch.save(self.state_dict(), handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+# Storage rows of a state dict: task after task, each task's rows being the first ``size[k]`` slots of its ring.
+_ROW_KEYS = ("entry", "next_obs", "terminated", "step")
+_DIM_KEYS = ("version", "capacity_per_task", "obs_dim", "action_dim", "history_length")
 
-    @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> EpisodeReplay:
-        """Load a buffer saved with :meth:`save` (``torch.load(weights_only=True)``).
 
-        Args:
-            path: File written by :meth:`save`.
+def join_task_states(parts: Sequence[tuple[dict[str, Any], Sequence[int]]], tasks: Sequence[int]) -> dict[str, Any]:
+    """One replay state holding ``tasks`` (global ids, in that order), taken from the states of several buffers.
 
-        Returns:
-            The restored buffer.
+    How the shards of a multi-process run are joined for one reader, and a whole buffer split among several.
 
-        Raises:
-            ValueError: If the file does not hold a valid replay state.
-        """
-        state = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
-        dim_keys = ("num_tasks", "capacity_per_task", "obs_dim", "action_dim", "history_length")
-        if not (isinstance(state, dict) and all(k in state for k in dim_keys)):
-            raise ValueError(f"{path} does not hold an EpisodeReplay state dict")
-        buffer = cls(*(state[k] for k in dim_keys))
-        buffer.load_state_dict(state)
-        return buffer
+    Args:
+        parts: ``(state dict, global id of each of its tasks)`` of every buffer read.
+        tasks: The global ids wanted.
+
+    Returns:
+        An :meth:`EpisodeReplay.state_dict` of a buffer of ``len(tasks)`` tasks.
+
+    Raises:
+        ValueError: If a state has another layout version, or no part holds a wanted task.
+    """
+    per_task: dict[int, dict[str, torch.Tensor]] = {}
+    for state, ids in parts:
+        if state.get("version") != _STATE_VERSION:
+            version = state.get("version")
+            raise ValueError(f"cannot re-split replay state version {version!r} (expected {_STATE_VERSION})")
+        offsets = torch.cumsum(state["size"], 0) - state["size"]
+        for k, task in enumerate(ids):
+            start, size = int(offsets[k]), int(state["size"][k])
+            per_task[int(task)] = {key: state[key][start : start + size] for key in _ROW_KEYS}
+            per_task[int(task)].update(ptr=state["ptr"][k], size=state["size"][k])
+    missing = [t for t in tasks if t not in per_task]
+    if missing:
+        raise ValueError(f"the replay side files of this checkpoint hold no buffer for training tasks {missing}")
+    template = parts[0][0]
+    joined: dict[str, Any] = {key: template[key] for key in _DIM_KEYS}
+    joined["num_tasks"] = len(tasks)
+    for key in _ROW_KEYS:
+        joined[key] = torch.cat([per_task[t][key] for t in tasks])
+    for key in ("ptr", "size"):
+        joined[key] = torch.stack([per_task[t][key] for t in tasks])
+    return joined

@@ -1,7 +1,9 @@
-"""The replay side files written next to every checkpoint (DESIGN decisions 11 and 12).
+"""The replay side files written next to every checkpoint: their names, format, atomic writing and loading.
 
-A single-device run writes one file, ``<checkpoint>.replay.pt``. Under a multi-process strategy (DDP) every rank
-holds its own share of the training tasks in its own buffer (DESIGN decision 12), so every rank writes its own shard,
+Checkpoints hold only what loads with ``weights_only=True``; the meta-training replay buffer, which resuming and
+adaptation need, goes to a side file beside each (``docs/design.md#checkpoints-and-side-files``). A single-device run
+writes one file, ``<checkpoint>.replay.pt``. Under a multi-process strategy (DDP) every rank holds its own share of
+the training tasks in its own buffer (``docs/design.md#several-processes``), so every rank writes its own shard,
 ``<checkpoint>.replay.rank<r>.pt``, holding the global ids of its tasks and its random streams as well; resuming on the
 same number of processes gives each rank its own shard back. A run on another number of processes (``mql test`` on
 one device after training on several, or the reverse) gets the union of the shards, re-split by task.
@@ -11,11 +13,13 @@ then renamed into place), so a process killed at any moment leaves either the ol
 one. A checkpoint and its side file are two files, replaced one after the other: the side file goes first, and the
 one it replaces is kept as ``<name>.prev.pt`` until the new checkpoint is in place (:func:`keep_previous`). Both record
 the environment-step count, and the loader takes whichever of the two side files matches the checkpoint, so the pair
-on the disk is loadable at every instant (DESIGN decision 11).
+on the disk is loadable at every instant. A write that fails (a full disk) raises :class:`WriteError`, naming the file
+and the cause, and leaves the file it was replacing as it was.
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -23,14 +27,23 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
-# The per-task storage of a replay state dict (EpisodeReplay, state version 2): rows stored task after task, each
-# task's rows being the first ``size[k]`` slots of its ring.
-_ROW_KEYS = ("entry", "next_obs", "terminated", "step")
-_DIM_KEYS = ("version", "capacity_per_task", "obs_dim", "action_dim", "history_length")
+from mql_lightning.data.replay import join_task_states
+
+_open_for_writing = os.fdopen  # (fd, mode) -> binary file; a test replaces it with a writer that fails
+
+
+class WriteError(OSError):
+    """A checkpoint or side file could not be written (e.g. the disk is full); the file it replaces is unchanged.
+
+    The message is one line naming the file and the cause.
+    """
+
+    def __str__(self) -> str:
+        return f"cannot write {self.filename}: {self.strerror}; the file there before (if any) is unchanged"
 
 
 @dataclass
@@ -90,6 +103,9 @@ def atomic_save(obj: Any, path: str | os.PathLike[str]) -> None:
     Args:
         obj: What ``torch.save`` accepts.
         path: The destination.
+
+    Raises:
+        WriteError: If the file cannot be written (a full disk, ...); ``path`` is left as it was.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -97,15 +113,55 @@ def atomic_save(obj: Any, path: str | os.PathLike[str]) -> None:
         stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as file:
-            torch.save(obj, file)
-            file.flush()
-            os.fsync(file.fileno())
+        _write_file(obj, _open_for_writing(fd, "wb"), path)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
     _fsync_directory(path.parent)
+
+
+def _write_file(obj: Any, file: BinaryIO, path: Path) -> None:
+    """``torch.save`` into ``file``, flushed to the disk, then closed; an OS error becomes a :class:`WriteError`.
+
+    torch's writer reports a failed ``write`` as an opaque ``RuntimeError`` ("unexpected pos"), losing the cause:
+    the writes go through :class:`_Recorder`, which keeps it.
+    """
+    recorder = _Recorder(file)
+    try:
+        torch.save(obj, recorder)
+        file.flush()
+        os.fsync(file.fileno())
+    except BaseException as err:
+        with contextlib.suppress(OSError):  # what is still buffered cannot be written either; closing still closes
+            file.close()
+        cause = recorder.error or (err if isinstance(err, OSError) and err.errno else None)
+        if cause is None:
+            raise
+        raise WriteError(cause.errno, os.strerror(cause.errno).lower(), str(path)) from err
+    file.close()
+
+
+class _Recorder:
+    """A writable file object that passes writes on and remembers the first ``OSError`` of the file below."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        self.file: BinaryIO = file
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as err:
+            self.error = self.error or err
+            raise
+
+    def flush(self) -> None:
+        try:
+            self.file.flush()
+        except OSError as err:
+            self.error = self.error or err
+            raise
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -132,15 +188,22 @@ def keep_previous(path: Path) -> None:
     Call :func:`drop_previous` once the new checkpoint is in place. Until then a process killed between the two
     replacements leaves the old checkpoint with the old side file still beside it, which the loader finds.
     """
-    if not path.is_file():
-        return
-    keep, tmp = previous_path(path), path.with_name(f".{previous_path(path).name}.link")
+    if path.is_file():
+        link_atomically(path, previous_path(path))
+
+
+def link_atomically(source: Path, target: Path) -> None:
+    """Make ``target`` the same file as ``source`` (a hard link; a copy where the file system has none), atomically.
+
+    The link is made under a temporary name and renamed over ``target``, so ``target`` is never missing or partial.
+    """
+    tmp = target.with_name(f".{target.name}.link")
     tmp.unlink(missing_ok=True)
     try:
-        os.link(path, tmp)
+        os.link(source, tmp)
     except OSError:  # no hard links on this file system: a copy
-        shutil.copyfile(path, tmp)
-    os.replace(tmp, keep)
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
 
 
 def drop_previous(path: Path) -> None:
@@ -181,23 +244,41 @@ def matching_side_file(path: Path, env_steps: int) -> Path:
         return previous
     raise ValueError(
         f"replay side file {path} was written at {written} environment steps but its checkpoint at {env_steps}: "
-        "they do not belong together"
+        "they belong to different checkpoints"
     )
+
+
+def check_side_file(checkpoint_path: Path, env_steps: int) -> Path:
+    """Check, without loading its tensors, that a checkpoint's replay side file is there and belongs to it.
+
+    The whole buffer's file, or rank 0's shard for a multi-process run (the loader checks every shard).
+
+    Returns:
+        The side file that will be read (the one beside the checkpoint, or the previous version kept beside it).
+
+    Raises:
+        FileNotFoundError: If there is no side file.
+        ValueError: If it cannot be read or was written with another checkpoint; the message says how to fix it.
+    """
+    whole, shard = replay_path(checkpoint_path), replay_path(checkpoint_path, 0, 2)
+    side = shard if shard.is_file() and not whole.is_file() else whole
+    fix = f"copy {side.name} from the run directory that wrote {checkpoint_path.name} into {side.parent}"
+    if not side.is_file():
+        raise FileNotFoundError(
+            f"replay side file {side} is missing (resuming and adaptation need the replay buffer saved with "
+            f"the checkpoint): {fix}"
+        )
+    try:
+        return matching_side_file(side, env_steps)
+    except ValueError as err:
+        raise ValueError(f"{err}; {fix}") from err
+    except Exception as err:  # zip, pickle, OS and torch errors alike: a broken file
+        raise ValueError(f"replay side file {side} cannot be read: it is truncated or not a torch file; {fix}") from err
 
 
 def side_file_steps(path: Path) -> int | None:
     """The environment-step count a side file records, read without loading its tensors."""
     return torch.load(path, weights_only=True, mmap=True, map_location="cpu").get("env_steps")
-
-
-def load_replay(path: Path, env_steps: int) -> dict[str, Any]:
-    """The replay state of one side file, checked as :func:`load_side_file` does.
-
-    Raises:
-        FileNotFoundError: If there is no side file.
-        ValueError: If it was written at another step of training.
-    """
-    return load_side_file(path, env_steps)["replay"]
 
 
 def load_replay_for(
@@ -232,7 +313,8 @@ def load_replay_for(
             streams = payload["shard"].get("streams") if world_size > 1 else None
             return LoadedReplay(payload["replay"], world_size, streams)
     payloads = _all_side_files(checkpoint_path, env_steps, own)
-    return LoadedReplay(_select(payloads, tasks), _writers(payloads[0]))
+    parts = [(payload["replay"], _tasks_of(payload)) for payload in payloads]
+    return LoadedReplay(join_task_states(parts, tasks), _writers(payloads[0]))
 
 
 def _all_side_files(checkpoint_path: str | os.PathLike[str], env_steps: int, expected: Path) -> list[dict[str, Any]]:
@@ -269,28 +351,3 @@ def _tasks_of(payload: dict[str, Any]) -> list[int]:
     if "shard" in payload:
         return [int(t) for t in payload["shard"]["tasks"]]
     return list(range(int(payload["replay"]["num_tasks"])))
-
-
-def _select(payloads: list[dict[str, Any]], tasks: list[int]) -> dict[str, Any]:
-    """One replay state holding ``tasks`` (in that order), gathered from the buffers of several side files."""
-    per_task: dict[int, dict[str, torch.Tensor]] = {}
-    for payload in payloads:
-        state = payload["replay"]
-        if state.get("version") != 2:
-            raise ValueError(f"cannot re-split replay state version {state.get('version')!r} (expected 2)")
-        offsets = torch.cumsum(state["size"], 0) - state["size"]
-        for k, task in enumerate(_tasks_of(payload)):
-            start, size = int(offsets[k]), int(state["size"][k])
-            per_task[task] = {key: state[key][start : start + size] for key in _ROW_KEYS}
-            per_task[task].update(ptr=state["ptr"][k], size=state["size"][k])
-    missing = [t for t in tasks if t not in per_task]
-    if missing:
-        raise ValueError(f"the replay side files of this checkpoint hold no buffer for training tasks {missing}")
-    template = payloads[0]["replay"]
-    merged: dict[str, Any] = {key: template[key] for key in _DIM_KEYS}
-    merged["num_tasks"] = len(tasks)
-    for key in _ROW_KEYS:
-        merged[key] = torch.cat([per_task[t][key] for t in tasks])
-    for key in ("ptr", "size"):
-        merged[key] = torch.stack([per_task[t][key] for t in tasks])
-    return merged

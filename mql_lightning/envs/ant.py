@@ -12,22 +12,17 @@ from __future__ import annotations
 import abc
 import itertools
 import math
-import numbers
 from typing import Any, ClassVar
 
 import numpy as np
 
+from mql_lightning.envs.base import is_finite_real
 from mql_lightning.envs.mujoco import MujocoTaskEnv
 
 __all__ = ["AntFwdBackEnv", "AntGoalEnv"]
 
 #: rlkit's contact cost: ``0.5e-3 * sum(clip(cfrc_ext, -1, 1)^2)`` over every body, the world row included.
 CONTACT_COST_WEIGHT = 0.5e-3
-
-
-def _is_real(value: Any) -> bool:
-    """Whether ``value`` is a finite real number (bools excluded: ``True`` is not a goal coordinate)."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class _AntEnv(MujocoTaskEnv):
@@ -89,14 +84,15 @@ class AntFwdBackEnv(_AntEnv):
       step, the terminating one included (gymnasium v5 pays it only while healthy). ``info`` holds the terms.
     - Termination: the state ``(qpos, qvel)`` is not finite, or the torso height ``qpos[2]`` is outside
       ``[0.2, 1.0]``.
-    - Tasks: ``{"direction": g}`` (radians); the family's two tasks are ``g = 0`` (forward) and ``g = pi``
+    - Tasks: ``{"angle": g}`` (radians); the family's two tasks are ``g = 0`` (forward) and ``g = pi``
       (backward). ``sample_tasks(n, seed)`` returns them alternately (``[0, pi, 0, ...]``), whatever the seed.
       Validation and test use the training tasks (:attr:`eval_on_train_tasks`), as in the paper.
 
     Deviations from the original:
 
-    - Task key ``"direction"`` instead of rlkit's ``"goal"`` (the value, an angle, is the same); any finite angle
-      is accepted by ``set_task``, as rlkit's non-``forward_backward`` variant allows.
+    - Task key ``"angle"`` instead of rlkit's ``"goal"`` (the value, an angle, is the same; ``"goal"`` is a position
+      for Ant-Goal here, and ``"direction"`` a sign for HalfCheetah-Fwd-Back); any finite angle is accepted by
+      ``set_task``, as rlkit's non-``forward_backward`` variant allows.
     - rlkit asserts ``num_tasks == 2``; here ``n`` tasks cycle through the two directions.
     - MuJoCo 4 (official bindings) instead of MuJoCo 1.50 (mujoco-py): same model, but solver changes since 1.50
       make trajectories numerically different, not bit-identical.
@@ -108,8 +104,9 @@ class AntFwdBackEnv(_AntEnv):
 
     ctrl_cost_weight: ClassVar[float] = 0.5
     survive_reward: ClassVar[float] = 1.0
-    #: The two tasks are both trained and evaluated on (DESIGN decision 8).
+    #: The two tasks are both trained and evaluated on (docs/design.md#task-splits).
     eval_on_train_tasks = True
+    renamed_task_keys: ClassVar[dict[str, tuple[str, str]]] = {"direction": ("angle", "the direction in radians")}
     #: rlkit's ``forward_backward`` task set.
     directions: ClassVar[tuple[float, float]] = (0.0, math.pi)
 
@@ -117,10 +114,10 @@ class AntFwdBackEnv(_AntEnv):
         super().__init__(obs_dim=27, render_mode=render_mode, **kwargs)
 
     def _default_task(self) -> dict[str, Any]:
-        return {"direction": 0.0}
+        return {"angle": 0.0}
 
     def _task_target(self, task: dict[str, Any]) -> np.ndarray:
-        return np.array([math.cos(task["direction"]), math.sin(task["direction"])])
+        return np.array([math.cos(task["angle"]), math.sin(task["angle"])])
 
     def _get_obs(self) -> np.ndarray:
         return np.concatenate([self.data.qpos.flat[2:], self.data.qvel.flat])
@@ -143,14 +140,14 @@ class AntFwdBackEnv(_AntEnv):
 
     def _sample_tasks(self, rng: np.random.Generator, n: int, region: str) -> list[dict[str, Any]]:
         # The task set is fixed (rlkit hard-codes it), so `rng` is not used.
-        return [{"direction": g} for g in itertools.islice(itertools.cycle(self.directions), n)]
+        return [{"angle": g} for g in itertools.islice(itertools.cycle(self.directions), n)]
 
     def _validate_task(self, task: dict[str, Any]) -> dict[str, Any]:
-        self._check_keys(task, ("direction",))
-        direction = task["direction"]
-        if not _is_real(direction):
-            raise ValueError(f"{type(self).__name__} task 'direction' must be a finite angle, got {direction!r}")
-        return {"direction": float(direction)}
+        self._check_keys(task, ("angle",))
+        angle = task["angle"]
+        if not is_finite_real(angle):
+            raise ValueError(f"{type(self).__name__} task 'angle' must be a finite angle in radians, got {angle!r}")
+        return {"angle": float(angle)}
 
 
 class AntGoalEnv(_AntEnv):
@@ -169,8 +166,8 @@ class AntGoalEnv(_AntEnv):
     Deviations from the original:
 
     - Goals come from the seeded generator given to ``sample_tasks`` instead of the global ``np.random`` (seeded
-      by MQL with the run seed, not at all by PEARL), so the task set is fixed by the task seed alone (DESIGN
-      decision 8) and is not the one a given MQL run used.
+      by MQL with the run seed, not at all by PEARL), so the task set is fixed by the task seed alone
+      (docs/design.md#task-splits) and is not the one a given MQL run used.
     - MuJoCo 4 (official bindings) instead of MuJoCo 1.50 (mujoco-py): same model, numerically different
       trajectories.
 
@@ -217,6 +214,6 @@ class AntGoalEnv(_AntEnv):
     def _validate_task(self, task: dict[str, Any]) -> dict[str, Any]:
         self._check_keys(task, ("goal",))
         goal = task["goal"]
-        if not isinstance(goal, list) or len(goal) != 2 or not all(_is_real(x) for x in goal):
+        if not isinstance(goal, list) or len(goal) != 2 or not all(is_finite_real(x) for x in goal):
             raise ValueError(f"{type(self).__name__} task 'goal' must be 2 finite numbers [x, y], got {goal!r}")
         return {"goal": [float(x) for x in goal]}

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import abc
 import copy
+import math
 import numbers
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium
 import numpy as np
 
-__all__ = ["MetaEnv", "to_plain"]
+__all__ = ["MetaEnv", "is_finite_real", "to_plain"]
 
 #: Region every family supports: its normal task distribution.
 ALL_REGION = "all"
@@ -44,6 +45,11 @@ def to_plain(value: Any) -> Any:
     return copy.deepcopy(value)
 
 
+def is_finite_real(value: Any) -> bool:
+    """Whether ``value`` is a finite real number (bools excluded: ``True`` is not a coordinate or an angle)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
 class MetaEnv(gymnasium.Env, metaclass=abc.ABCMeta):
     """Abstract base of every meta-RL task family.
 
@@ -57,10 +63,13 @@ class MetaEnv(gymnasium.Env, metaclass=abc.ABCMeta):
             has none; otherwise ``("ood_train", "ood_test")``, two disjoint parts of the task space.
         eval_on_train_tasks: The family has a small fixed task set (the two-task direction families) and, as in the
             paper, is validated and tested on its training tasks instead of held-out ones.
+        renamed_task_keys: Task keys of earlier versions and what replaced them, ``{old: (new, meaning)}``: a task
+            with an old key is refused with a message saying what to write instead.
     """
 
     ood_regions: tuple[str, ...] = ()
     eval_on_train_tasks: bool = False
+    renamed_task_keys: ClassVar[dict[str, tuple[str, str]]] = {}
     _task: dict[str, Any]
 
     @classmethod
@@ -137,6 +146,12 @@ class MetaEnv(gymnasium.Env, metaclass=abc.ABCMeta):
         family = type(self).__name__
         missing = [key for key in keys if key not in task]
         unknown = [key for key in task if key not in keys]
+        for old in unknown:
+            if old in self.renamed_task_keys and self.renamed_task_keys[old][0] in missing:
+                new, meaning = self.renamed_task_keys[old]
+                raise ValueError(
+                    f"{family} task key {old!r} is now {new!r} ({meaning}): write {{{new!r}: {task[old]!r}}}"
+                )
         if missing:
             raise ValueError(f"{family} task is missing key(s) {missing}; expected keys {list(keys)}")
         if unknown:

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import abc
 import itertools
-import math
-import numbers
 from typing import Any, ClassVar
 
 import numpy as np
 
-from mql_lightning.envs.base import ALL_REGION
+from mql_lightning.envs.base import ALL_REGION, is_finite_real
 from mql_lightning.envs.mujoco import MujocoTaskEnv
 
 __all__ = ["HalfCheetahFwdBackEnv", "HalfCheetahVelEnv"]
@@ -29,10 +27,6 @@ DEFAULT_NUM_TASKS = 130
 MAX_VELOCITY = 3.0
 #: Lower end of the out-of-distribution test velocities (paper Appendix B).
 OOD_TEST_MIN_VELOCITY = 2.5
-
-
-def _is_real(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 class _HalfCheetahTaskEnv(MujocoTaskEnv):
@@ -118,7 +112,7 @@ class HalfCheetahVelEnv(_HalfCheetahTaskEnv):
     ood_regions = ("ood_train", "ood_test")
 
     def __init__(self, ood_train_max_velocity: float = 2.5, render_mode: str | None = None, **kwargs: Any) -> None:
-        if not _is_real(ood_train_max_velocity) or not 0.0 < ood_train_max_velocity <= OOD_TEST_MIN_VELOCITY:
+        if not is_finite_real(ood_train_max_velocity) or not 0.0 < ood_train_max_velocity <= OOD_TEST_MIN_VELOCITY:
             raise ValueError(
                 f"ood_train_max_velocity must be in (0, {OOD_TEST_MIN_VELOCITY}] so the OOD train and test "
                 f"velocities are disjoint, got {ood_train_max_velocity!r}"
@@ -159,7 +153,8 @@ class HalfCheetahVelEnv(_HalfCheetahTaskEnv):
 
     def _sample_tasks(self, rng: np.random.Generator, n: int, region: str) -> list[dict[str, Any]]:
         if region == ALL_REGION:
-            # Legacy MT19937 stream, same call as the original (DESIGN decision 8: reproduce the fixed task set).
+            # Legacy MT19937 stream, same call as the original: the fixed task set is reproduced
+            # (docs/design.md#task-splits).
             velocities = np.random.RandomState(self._task_seed).uniform(0.0, MAX_VELOCITY, size=(n,))
         elif region == "ood_train":
             velocities = rng.uniform(0.0, self.ood_train_max_velocity, size=n)
@@ -170,7 +165,7 @@ class HalfCheetahVelEnv(_HalfCheetahTaskEnv):
     def _validate_task(self, task: dict[str, Any]) -> dict[str, Any]:
         self._check_keys(task, ("velocity",))
         velocity = task["velocity"]
-        if not _is_real(velocity) or not math.isfinite(velocity):
+        if not is_finite_real(velocity):
             raise ValueError(f"{type(self).__name__} task 'velocity' must be a finite number, got {velocity!r}")
         return {"velocity": float(velocity)}
 
@@ -197,7 +192,7 @@ class HalfCheetahFwdBackEnv(_HalfCheetahTaskEnv):
         **kwargs: Passed to ``MujocoEnv`` (e.g. ``width``, ``height``, ``camera_id``).
     """
 
-    #: Two tasks only: train, validation and test all use them (DESIGN decision 8).
+    #: Two tasks only: train, validation and test all use them (docs/design.md#task-splits).
     eval_on_train_tasks = True
     _DIRECTIONS = (-1.0, 1.0)
 
@@ -211,7 +206,7 @@ class HalfCheetahFwdBackEnv(_HalfCheetahTaskEnv):
     def _validate_task(self, task: dict[str, Any]) -> dict[str, Any]:
         self._check_keys(task, ("direction",))
         direction = task["direction"]
-        if not _is_real(direction) or direction not in self._DIRECTIONS:
+        if not is_finite_real(direction) or direction not in self._DIRECTIONS:
             raise ValueError(f"{type(self).__name__} task 'direction' must be -1 or 1, got {direction!r}")
         return {"direction": float(direction)}
 

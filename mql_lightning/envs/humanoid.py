@@ -6,11 +6,11 @@ Episodes are 200 steps long; the limit is a ``TimeLimit`` truncation added at re
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any, ClassVar
 
 import numpy as np
 
+from mql_lightning.envs.base import is_finite_real
 from mql_lightning.envs.mujoco import MujocoTaskEnv
 
 __all__ = ["HumanoidDirEnv"]
@@ -33,7 +33,7 @@ class HumanoidDirEnv(MujocoTaskEnv):
     - Termination: torso height ``qpos[2] < 1.0`` or ``> 2.0``. The alive bonus 5.0 is paid on every step,
       including the terminating one (``Humanoid-v5`` pays it only while healthy).
     - Reset: ``qpos`` and ``qvel`` + U(±0.01) from the env's ``np_random``.
-    - Task: ``{"direction": d}``, an angle in radians; tasks draw ``d ~ U(0, 2π)`` from the task generator
+    - Task: ``{"angle": d}``, the running direction in radians; tasks draw ``d ~ U(0, 2π)`` from the task generator
       (the original drew 130 of them from the global ``np.random``). Default task: ``d = 0`` (+x).
 
     Deviations from the original, all forced by the port to mujoco 4 and none changing the definition:
@@ -53,6 +53,7 @@ class HumanoidDirEnv(MujocoTaskEnv):
     #: The original divides the com displacement by the model timestep (0.003), not by dt; see the docstring.
     _velocity_divisor: float = 0.003
     _forward_weight: float = 0.25
+    renamed_task_keys: ClassVar[dict[str, tuple[str, str]]] = {"direction": ("angle", "the direction in radians")}
     ctrl_cost_weight: ClassVar[float] = 0.1
     _impact_cost_weight: float = 0.5e-6
     _impact_cost_max: float = 10.0
@@ -64,16 +65,16 @@ class HumanoidDirEnv(MujocoTaskEnv):
             "humanoid.xml", frame_skip=5, obs_dim=376, reset_noise_scale=1e-2, qvel_noise="uniform",
             render_mode=render_mode, **kwargs,
         )
-        self._direction_vec = _unit(self._task["direction"])
+        self._direction_vec = _unit(self._task["angle"])
 
     def reset_model(self) -> np.ndarray:
         """Read the task (so ``set_task`` takes effect here), then draw the noisy initial state."""
-        self._direction_vec = _unit(self._task["direction"])
+        self._direction_vec = _unit(self._task["angle"])
         return super().reset_model()
 
     # --------------------------------------------------------------------------------------------------- hooks
     def _default_task(self) -> dict[str, Any]:
-        return {"direction": 0.0}
+        return {"angle": 0.0}
 
     def _get_obs(self) -> np.ndarray:
         data = self.data
@@ -109,14 +110,14 @@ class HumanoidDirEnv(MujocoTaskEnv):
 
     # ---------------------------------------------------------------------------------------------------- tasks
     def _sample_tasks(self, rng: np.random.Generator, n: int, region: str) -> list[dict[str, Any]]:
-        return [{"direction": float(angle)} for angle in rng.uniform(0.0, 2.0 * np.pi, size=n)]
+        return [{"angle": float(angle)} for angle in rng.uniform(0.0, 2.0 * np.pi, size=n)]
 
     def _validate_task(self, task: dict[str, Any]) -> dict[str, Any]:
-        self._check_keys(task, ("direction",))
-        angle = task["direction"]
-        if isinstance(angle, bool) or not isinstance(angle, numbers.Real) or not math.isfinite(angle):
-            raise ValueError(f"{type(self).__name__} task 'direction' must be a finite angle in radians, got {angle!r}")
-        return {"direction": float(angle)}
+        self._check_keys(task, ("angle",))
+        angle = task["angle"]
+        if not is_finite_real(angle):
+            raise ValueError(f"{type(self).__name__} task 'angle' must be a finite angle in radians, got {angle!r}")
+        return {"angle": float(angle)}
 
 
 def _unit(angle: float) -> np.ndarray:

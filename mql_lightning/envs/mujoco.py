@@ -1,10 +1,11 @@
 """The shared machinery of the MuJoCo task families: gymnasium's ``MujocoEnv`` plus the meta-RL task API.
 
-Every MuJoCo family of MQL/PEARL (``reference/environments.md``) is a :class:`MujocoTaskEnv` subclass that names
+Every MuJoCo family of MQL/PEARL (``docs/environments.md``) is a :class:`MujocoTaskEnv` subclass that names
 its model file and frame skip and implements four small hooks: the observation, what to remember before a step,
 the reward, and the termination rule. This base does the rest once: actions in [-1, 1] rescaled to the actuators'
-control range (rlkit's ``NormalizedBoxEnv``; DESIGN decision 9), the step itself (gymnasium's ``do_simulation``,
-which calls ``mj_rnePostConstraint`` so ``cfrc_ext`` is populated as under MuJoCo 1.5), and the reset noise.
+control range (rlkit's ``NormalizedBoxEnv``; docs/design.md#environments), the step itself (gymnasium's
+``do_simulation``, which calls ``mj_rnePostConstraint`` so ``cfrc_ext`` is populated as under MuJoCo 1.5), and the
+reset noise.
 """
 
 from __future__ import annotations

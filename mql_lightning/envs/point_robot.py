@@ -42,7 +42,7 @@ class PointRobotEnv(MetaEnv):
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
     ood_regions = ("ood_train", "ood_test")
-    #: PEARL's action range is +-0.1; the agent acts in [-1, 1] and the env rescales (DESIGN decision 9).
+    #: PEARL's action range is +-0.1; the agent acts in [-1, 1] and the env rescales (docs/design.md#environments).
     action_scale: float = 0.1
 
     def __init__(self, render_mode: str | None = None) -> None:

@@ -1,4 +1,4 @@
-"""Train / validation / test task splits, fixed by a task seed (DESIGN decision 8)."""
+"""Train / validation / test task splits, fixed by a task seed (docs/design.md#task-splits)."""
 
 from __future__ import annotations
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -293,28 +292,6 @@ def test_state_dict_round_trip_weights_only() -> None:
     # load_state_dict copies: later writes to the loaded buffer do not alias the state.
     other.add_episode(0, *make_episode(rng, 5, terminal=False))
     assert not torch.equal(other.state_dict()["entry"], state["entry"])
-
-
-def test_save_load_file_atomic(tmp_path) -> None:
-    rng = np.random.default_rng(9)
-    buf = EpisodeReplay(2, 30, OBS, ACT, H)
-    for _ in range(5):
-        buf.add_episode(int(rng.integers(2)), *make_episode(rng, 9, terminal=False))
-    path = tmp_path / "replay.pt"
-    buf.save(path)
-    buf.save(path)  # overwriting an existing file works
-    assert os.listdir(tmp_path) == ["replay.pt"]  # no temporary file left behind
-    loaded = EpisodeReplay.load(path)
-    assert (loaded.num_tasks, loaded.capacity_per_task, loaded.obs_dim, loaded.action_dim, loaded.history_length) == (
-        2,
-        30,
-        OBS,
-        ACT,
-        H,
-    )
-    _assert_same_samples(buf, loaded)
-    loaded.add_episode(1, *make_episode(rng, 4, terminal=True))  # the loaded buffer is writable
-    assert loaded.num_transitions() == buf.num_transitions() + 4
 
 
 @pytest.mark.parametrize(

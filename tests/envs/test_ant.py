@@ -62,7 +62,7 @@ def test_observation_contents() -> None:
 @pytest.mark.parametrize("direction", [0.0, math.pi, 1.0])
 def test_fwd_back_reward_matches_formula(direction: float) -> None:
     env = AntFwdBackEnv()
-    env.set_task({"direction": direction})
+    env.set_task({"angle": direction})
     env.reset(seed=2)
     rng = np.random.default_rng(0)
     unit = np.array([math.cos(direction), math.sin(direction)])
@@ -183,9 +183,9 @@ def test_goal_tasks_uniform_on_disc_of_radius_3() -> None:
 def test_direction_tasks_are_forward_and_backward() -> None:
     env = AntFwdBackEnv()
     assert AntFwdBackEnv.eval_on_train_tasks is True
-    assert env.sample_tasks(2, seed=0) == [{"direction": 0.0}, {"direction": math.pi}]
+    assert env.sample_tasks(2, seed=0) == [{"angle": 0.0}, {"angle": math.pi}]
     assert env.sample_tasks(2, seed=9) == env.sample_tasks(2, seed=0)
-    assert [t["direction"] for t in env.sample_tasks(5, seed=0)] == [0.0, math.pi, 0.0, math.pi, 0.0]
+    assert [t["angle"] for t in env.sample_tasks(5, seed=0)] == [0.0, math.pi, 0.0, math.pi, 0.0]
     assert env.sample_tasks(0, seed=0) == []
 
 
@@ -193,7 +193,7 @@ def test_direction_backward_rewards_negative_x_motion() -> None:
     rewards = {}
     for direction in (0.0, math.pi):
         env = AntFwdBackEnv()
-        env.set_task({"direction": direction})
+        env.set_task({"angle": direction})
         env.reset(seed=4)
         rewards[direction] = env.step(np.full(8, 0.5))[4]["reward_forward"]
     assert rewards[math.pi] == pytest.approx(-rewards[0.0], abs=1e-9)
@@ -202,8 +202,8 @@ def test_direction_backward_rewards_negative_x_motion() -> None:
 @pytest.mark.parametrize(
     ("family", "bad"),
     [
-        (AntFwdBackEnv, {"direction": "north"}),
-        (AntFwdBackEnv, {"direction": float("nan")}),
+        (AntFwdBackEnv, {"angle": "north"}),
+        (AntFwdBackEnv, {"angle": float("nan")}),
         (AntFwdBackEnv, {"goal": 0.0}),
         (AntGoalEnv, {"goal": [1.0]}),
         (AntGoalEnv, {"goal": [1.0, True]}),
@@ -265,3 +265,8 @@ def test_time_limit_truncates_goal_episode_at_200() -> None:
     flags = [env.step(np.zeros(8, dtype=np.float32))[2:4] for _ in range(EPISODE_STEPS)]
     assert flags[:-1] == [(False, False)] * (EPISODE_STEPS - 1)
     assert flags[-1] == (False, True)
+
+
+def test_the_old_direction_key_is_refused_with_the_new_name() -> None:
+    with pytest.raises(ValueError, match=r"task key 'direction' is now 'angle' \(the direction in radians\)"):
+        AntFwdBackEnv().set_task({"direction": 1.0})

@@ -61,7 +61,7 @@ def test_reward_matches_formula_over_random_actions_and_tasks(env: HumanoidDirEn
     for task in env.sample_tasks(4, seed=5):
         env.set_task(task)
         env.reset(seed=int(rng.integers(1000)))
-        direction = np.array([math.cos(task["direction"]), math.sin(task["direction"])])
+        direction = np.array([math.cos(task["angle"]), math.sin(task["angle"])])
         for _ in range(40):
             action = rng.uniform(-1.3, 1.3, 17)  # also out of range: clipped before rescaling
             before = _com_xy(env)
@@ -98,7 +98,7 @@ def test_healthy_start_does_not_terminate(env: HumanoidDirEnv) -> None:
 def test_task_direction_changes_reward_sign(env: HumanoidDirEnv) -> None:
     rewards = []
     for angle in (0.0, math.pi):
-        env.set_task({"direction": angle})
+        env.set_task({"angle": angle})
         env.reset(seed=3)
         rewards.append(env.step(np.full(17, 0.5, dtype=np.float32))[4]["reward_forward"])
     assert rewards[0] == pytest.approx(-rewards[1])
@@ -106,11 +106,11 @@ def test_task_direction_changes_reward_sign(env: HumanoidDirEnv) -> None:
 
 
 def test_set_task_takes_effect_at_next_reset(env: HumanoidDirEnv) -> None:
-    env.set_task({"direction": 0.0})
+    env.set_task({"angle": 0.0})
     env.reset(seed=0)
-    env.set_task({"direction": math.pi})
+    env.set_task({"angle": math.pi})
     first = env.step(np.zeros(17, dtype=np.float32))[4]["reward_forward"]
-    env.set_task({"direction": 0.0})
+    env.set_task({"angle": 0.0})
     env.reset(seed=0)
     assert env.step(np.zeros(17, dtype=np.float32))[4]["reward_forward"] == pytest.approx(first)
 
@@ -119,22 +119,22 @@ def test_task_sampling_is_deterministic_and_uniform_on_circle(env: HumanoidDirEn
     tasks = env.sample_tasks(200, seed=7)
     assert tasks == env.sample_tasks(200, seed=7)
     assert tasks != env.sample_tasks(200, seed=8)
-    angles = np.array([t["direction"] for t in tasks])
+    angles = np.array([t["angle"] for t in tasks])
     assert np.all((angles >= 0.0) & (angles < 2.0 * math.pi))
     assert angles.min() < 0.5 and angles.max() > 2.0 * math.pi - 0.5
-    assert all(type(t["direction"]) is float for t in tasks)
+    assert all(type(t["angle"]) is float for t in tasks)
 
 
-@pytest.mark.parametrize("task", [{}, {"direction": "north"}, {"direction": True}, {"direction": float("nan")},
-                                  {"direction": 0.0, "goal": 1.0}])
+@pytest.mark.parametrize("task", [{}, {"angle": "north"}, {"angle": True}, {"angle": float("nan")},
+                                  {"angle": 0.0, "goal": 1.0}])
 def test_invalid_tasks_are_rejected(env: HumanoidDirEnv, task: dict) -> None:
     with pytest.raises(ValueError):
         env.set_task(task)
 
 
 def test_set_task_is_isolated_from_caller(env: HumanoidDirEnv) -> None:
-    task = {"direction": 1.0}
+    task = {"angle": 1.0}
     env.set_task(task)
-    task["direction"] = 2.0
-    env.task["direction"] = 3.0
-    assert env.task == {"direction": 1.0}
+    task["angle"] = 2.0
+    env.task["angle"] = 3.0
+    assert env.task == {"angle": 1.0}
