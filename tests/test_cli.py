@@ -229,9 +229,10 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path: Path, capsys: pytest.Capt
 
 
 def test_python_api_adapts_a_trained_checkpoint_and_acts_in_an_env(trained_run: Path) -> None:
+    import gymnasium
+
     from mql_lightning.adaptation import AdaptationConfig, adapt
     from mql_lightning.data.datamodule import MetaRLDataModule
-    from mql_lightning.envs import make_env
     from mql_lightning.modules import MQL
 
     ckpt = trained_run / "checkpoints" / "last.ckpt"
@@ -242,7 +243,7 @@ def test_python_api_adapts_a_trained_checkpoint_and_acts_in_an_env(trained_run: 
     policy = adapt(model, data, task, AdaptationConfig(replay_updates=20))
     assert policy.result.lam == pytest.approx(1 - policy.result.ess)
     assert all(torch.equal(before[k], v) for k, v in model.agent.state_dict().items())
-    env = make_env("mql/PointRobot-v0")
+    env = gymnasium.make("mql/PointRobot-v0")
     env.unwrapped.set_task(task)
     obs, _ = env.reset(seed=0)
     policy.reset()
