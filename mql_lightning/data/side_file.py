@@ -31,6 +31,8 @@ import torch
 # task's rows being the first ``size[k]`` slots of its ring.
 _ROW_KEYS = ("entry", "next_obs", "terminated", "step")
 _DIM_KEYS = ("version", "capacity_per_task", "obs_dim", "action_dim", "history_length")
+# Only in the states of buffers whose windows hold the episodes' start entries (data.history_padding).
+_START_ROW_KEY, _START_KEYS = "start_action", ("history_padding",)
 
 
 @dataclass
@@ -279,17 +281,18 @@ def _select(payloads: list[dict[str, Any]], tasks: list[int]) -> dict[str, Any]:
         if state.get("version") != 2:
             raise ValueError(f"cannot re-split replay state version {state.get('version')!r} (expected 2)")
         offsets = torch.cumsum(state["size"], 0) - state["size"]
+        row_keys = (*_ROW_KEYS, _START_ROW_KEY) if _START_ROW_KEY in state else _ROW_KEYS
         for k, task in enumerate(_tasks_of(payload)):
             start, size = int(offsets[k]), int(state["size"][k])
-            per_task[task] = {key: state[key][start : start + size] for key in _ROW_KEYS}
+            per_task[task] = {key: state[key][start : start + size] for key in row_keys}
             per_task[task].update(ptr=state["ptr"][k], size=state["size"][k])
     missing = [t for t in tasks if t not in per_task]
     if missing:
         raise ValueError(f"the replay side files of this checkpoint hold no buffer for training tasks {missing}")
     template = payloads[0]["replay"]
-    merged: dict[str, Any] = {key: template[key] for key in _DIM_KEYS}
+    merged: dict[str, Any] = {key: template[key] for key in (*_DIM_KEYS, *_START_KEYS) if key in template}
     merged["num_tasks"] = len(tasks)
-    for key in _ROW_KEYS:
+    for key in (*_ROW_KEYS, _START_ROW_KEY) if _START_ROW_KEY in template else _ROW_KEYS:
         merged[key] = torch.cat([per_task[t][key] for t in tasks])
     for key in ("ptr", "size"):
         merged[key] = torch.stack([per_task[t][key] for t in tasks])
