@@ -4,8 +4,10 @@ A logistic classifier separates transitions of the new task from transitions of 
 its odds re-weight replay transitions in the adaptation objective (Eq. 19), and the normalised effective sample size
 of those weights sets the proximal coefficient ``lambda = 1 - ESS`` (Remark 3). Conventions (DESIGN decision 2):
 
-- ``beta(x) = P(new | x) / P(replay | x)``, with the class prior ``n_new / n_replay`` divided out, so that beta = 1
-  wherever the two sets are indistinguishable, whatever the class counts.
+- ``beta(x) = P(new | x) / P(replay | x)``, by default with the class prior ``n_new / n_replay`` divided out, so that
+  beta = 1 wherever the two sets are indistinguishable, whatever the class counts. The authors' code uses the raw
+  odds of the fitted classifier (``prior_correction=False``): with 200 new rows against 400 replay rows every beta is
+  then half as large.
 - ``beta_clip = c`` caps beta at ``e^c`` (the authors clip the logit; Table 1's "beta clipping" values are this c);
   an optional floor zeroes small betas after the clip (the authors use 0.1).
 - ESS is computed over the replay samples that beta re-weights, and is 0 when every beta is 0.
@@ -43,6 +45,8 @@ class PropensityClassifier(L.LightningModule):
             the Eq. 19 updates).
         beta_floor: If given, betas below it (after the clip) are set to 0; the authors' code uses 0.1, the paper
             none. Must be >= 0.
+        prior_correction: Divide the odds by the class prior ``n_new / n_replay`` of the fit (this project's
+            default); ``False`` keeps the raw odds ``exp(w.x + b)``, as the authors' code does.
         max_iter: Maximum number of Newton iterations.
         tol: Stop when half the Newton decrement (the predicted decrease of the objective) falls below
             ``tol * C * n``, i.e. below ``tol`` on the scale of Eq. 11's mean loss; one more full step is then
@@ -59,6 +63,7 @@ class PropensityClassifier(L.LightningModule):
         beta_floor: float | None = None,
         max_iter: int = 100,
         tol: float = 1e-9,
+        prior_correction: bool = True,
     ) -> None:
         super().__init__()
         if not (math.isfinite(C) and C > 0):
@@ -78,6 +83,7 @@ class PropensityClassifier(L.LightningModule):
         self.beta_floor = None if beta_floor is None else float(beta_floor)
         self.max_iter = int(max_iter)
         self.tol = float(tol)
+        self.prior_correction = bool(prior_correction)
         # Fitted state: non-persistent buffers (follow .to(device), stay out of every state dict; DESIGN decision 4).
         self.register_buffer("weight", torch.zeros(0, dtype=torch.float64), persistent=False)
         self.register_buffer("bias", torch.zeros((), dtype=torch.float64), persistent=False)
@@ -100,9 +106,32 @@ class PropensityClassifier(L.LightningModule):
 
     @property
     def log_prior_ratio(self) -> float:
-        """``log(n_new / n_replay)``, the class-prior log-odds removed by :meth:`log_odds`."""
+        """``log(n_new / n_replay)``, the class-prior log-odds that :meth:`log_odds` removes if ``prior_correction``."""
         self._check_fitted()
         return math.log(self.n_new / self.n_replay)
+
+    def set_fit(self, weight: torch.Tensor, bias: float | torch.Tensor, n_new: int, n_replay: int) -> None:
+        """Use coefficients fitted elsewhere (e.g. by scikit-learn) instead of calling :meth:`fit`.
+
+        Args:
+            weight: ``(d,)`` coefficients of the "new" class's logit ``w.x + b``.
+            bias: Its intercept ``b``.
+            n_new: Rows of the "new" class in that fit (for the prior correction).
+            n_replay: Rows of the "replay" class in that fit.
+
+        Raises:
+            ValueError: If ``weight`` is not 1-D or a count is not positive.
+        """
+        weight = torch.as_tensor(weight, dtype=torch.float64)
+        if weight.dim() != 1 or n_new < 1 or n_replay < 1:
+            raise ValueError(
+                f"set_fit needs a 1-D weight and positive counts, got {tuple(weight.shape)}, {n_new}, {n_replay}"
+            )
+        with torch.inference_mode(False):
+            self.weight = weight.detach().clone().to(self.weight.device)
+            self.bias = torch.as_tensor(bias, dtype=torch.float64).detach().clone().reshape(()).to(self.weight.device)
+        self.n_new, self.n_replay = int(n_new), int(n_replay)
+        self.n_iter, self.converged = 0, True
 
     def fit(self, new_features: torch.Tensor, replay_features: torch.Tensor) -> PropensityClassifier:
         """Fit the classifier afresh: "new" (label +1) against "replay" (label -1), Eq. 11.
@@ -246,10 +275,11 @@ class PropensityClassifier(L.LightningModule):
         return torch.sigmoid(self._decision(features)).to(device=features.device, dtype=torch.float32)
 
     def log_odds(self, features: torch.Tensor) -> torch.Tensor:
-        """Prior-corrected ``log P(new | x) / P(replay | x)``, i.e. ``log beta(x)`` before clipping (Eq. 12).
+        """``log P(new | x) / P(replay | x)``, i.e. ``log beta(x)`` before clipping (Eq. 12).
 
-        The logistic fit absorbs the class prior ``n_new / n_replay`` into the intercept; it is removed here so that
-        log-odds are about 0 (beta about 1) where the two sets are indistinguishable (DESIGN decision 2).
+        The logistic fit absorbs the class prior ``n_new / n_replay`` into the intercept; with ``prior_correction``
+        it is removed here, so that log-odds are about 0 (beta about 1) where the two sets are indistinguishable
+        (DESIGN decision 2). Without it these are the fit's raw log-odds ``w.x + b``, the authors' ``-f(x)``.
 
         Args:
             features: ``(..., d)`` features.
@@ -257,7 +287,9 @@ class PropensityClassifier(L.LightningModule):
         Returns:
             ``(...)`` log-odds, float32 on the input's device.
         """
-        logit = self._decision(features) - self.log_prior_ratio
+        logit = self._decision(features)
+        if self.prior_correction:
+            logit = logit - self.log_prior_ratio
         return logit.to(device=features.device, dtype=torch.float32)
 
     def beta(self, features: torch.Tensor) -> torch.Tensor:
@@ -311,6 +343,7 @@ class PropensityClassifier(L.LightningModule):
     def extra_repr(self) -> str:
         return (
             f"C={self.C}, beta_clip={self.beta_clip}, beta_floor={self.beta_floor}, "
+            f"prior_correction={self.prior_correction}, "
             f"d={self.num_features}, n_new={self.n_new}, n_replay={self.n_replay}"
         )
 
