@@ -39,7 +39,12 @@ from mql_lightning import interrupt
 from mql_lightning.data.collector import Collector
 from mql_lightning.data.replay import EpisodeReplay, HistoryPadding, ReplayBatch
 from mql_lightning.modules.losses import proximal_term
-from mql_lightning.modules.propensity import PropensityClassifier, effective_sample_size, proximal_coefficient
+from mql_lightning.modules.propensity import (
+    PropensityClassifier,
+    effective_sample_size,
+    proximal_coefficient,
+    require_solver,
+)
 from mql_lightning.modules.td3 import TD3Agent, td3_update
 
 if TYPE_CHECKING:
@@ -96,6 +101,9 @@ class AdaptationConfig:
             ``snapshot_size`` transitions).
         snapshot_size: The authors' per-task snapshot: how many of each task's latest transitions the ``authors``
             classifier rows come from (their ``snapshot_size``: 2,000; 4,000 for Walker, 1,000 for Ant-Goal).
+        classifier_solver: ``newton``: the exact optimum of Eq. 11; ``lbfgs``: scikit-learn's lbfgs with the
+            released code's call (``max_iter=2000``, default tolerance: about 1e-3 from the optimum), its labels and
+            its feature order (observation first with ``context_obs``); needs scikit-learn.
         proximal_scale: ``half``: the penalty is (lambda / 2) ||theta - theta_meta||^2 as Eqs. 18-19 write it;
             ``full``: lambda ||theta - theta_meta||^2, as the released code adds its ``prox_coef``.
         lambda_per_minibatch: Recompute lambda = 1 - ESS from every Eq. 19 minibatch's betas (the released code
@@ -124,6 +132,7 @@ class AdaptationConfig:
     beta_context: Literal["meta", "adapting"] = "meta"
     classifier_rows: Literal["paper", "authors"] = "paper"
     snapshot_size: int = 2000
+    classifier_solver: Literal["newton", "lbfgs"] = "newton"
     proximal_scale: Literal["half", "full"] = "half"
     lambda_per_minibatch: bool = False
     actor_step_first: bool = False
@@ -148,6 +157,10 @@ class AdaptationConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"adaptation {name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
+        try:
+            require_solver(self.classifier_solver)
+        except ValueError as err:
+            raise ValueError(f"adaptation classifier_solver: {err}") from err
 
 
 @dataclass
@@ -284,7 +297,7 @@ class Adaptation:
         self.meta_agent, self.config = meta_agent, config
         self.classifier = PropensityClassifier(
             C=config.C, beta_clip=config.beta_clip, beta_floor=config.beta_floor,
-            prior_correction=config.beta_prior_correction,
+            prior_correction=config.beta_prior_correction, solver=config.classifier_solver,
         )
         with torch.inference_mode(False):
             self.agent = copy.deepcopy(meta_agent).train()
@@ -296,7 +309,8 @@ class Adaptation:
 
     def features(self, batch: ReplayBatch, agent: TD3Agent | None = None) -> torch.Tensor:
         """Classifier features of ``batch``: ``agent``'s (default theta_meta's) actor context on its histories."""
-        return _features(self.meta_agent if agent is None else agent, batch, self.config.features)
+        obs_first = self.config.classifier_solver == "lbfgs"  # the released code's column order, for its solver
+        return _features(self.meta_agent if agent is None else agent, batch, self.config.features, obs_first)
 
     def fit_classifier(self, new_rows: ReplayBatch, replay_rows: ReplayBatch) -> float:
         """Step 2: fit the classifier (Eq. 11) on theta_meta's features; return its training accuracy."""
@@ -573,13 +587,15 @@ def acting_policy(agent: TD3Agent) -> Callable[[torch.Tensor, torch.Tensor], tor
     return act
 
 
-def _features(agent: TD3Agent, batch: ReplayBatch, kind: str) -> torch.Tensor:
-    """Classifier features: theta_meta's actor context on the transition's history (and the observation)."""
+def _features(agent: TD3Agent, batch: ReplayBatch, kind: str, obs_first: bool = False) -> torch.Tensor:
+    """Classifier features: the agent's actor context on the transition's history (and the observation)."""
     with torch.no_grad():
         if agent.actor_context is None:  # plain TD3 has no context: the observation is all there is
             return batch.obs.float()
         z = agent.actor_context(batch.history).float()
-        return torch.cat([z, batch.obs.float()], -1) if kind == "context_obs" else z
+        if kind != "context_obs":
+            return z
+        return torch.cat([batch.obs.float(), z] if obs_first else [z, batch.obs.float()], -1)
 
 
 def _to(batch: ReplayBatch, device: torch.device) -> ReplayBatch:

@@ -187,7 +187,8 @@ def test_authors_settings_adapt_end_to_end_and_leave_theta_meta_unchanged(data: 
     meta = agent()
     before = {k: v.clone() for k, v in meta.state_dict().items()}
     config = settings(
-        beta_prior_correction=False, classifier_rows="authors", beta_context="adapting", beta_floor=0.1,
+        beta_prior_correction=False, classifier_rows="authors", beta_context="adapting", classifier_solver="lbfgs",
+        beta_floor=0.1,
         fixed_lambda=0.1, proximal_scale="full", proximal_new_task=False, actor_step_first=True,
     )
     result = adapt_agent(meta, replay, new, config, torch.Generator().manual_seed(8), "transition")
@@ -199,14 +200,15 @@ def test_authors_settings_adapt_end_to_end_and_leave_theta_meta_unchanged(data: 
 
 def test_every_switch_has_the_papers_value_by_default() -> None:
     paper = {"beta_prior_correction": True, "beta_context": "meta", "classifier_rows": "paper",
-             "proximal_scale": "half", "lambda_per_minibatch": False, "actor_step_first": False,
-             "proximal_new_task": True, "beta_floor": None, "fixed_lambda": None}
+             "classifier_solver": "newton", "proximal_scale": "half", "lambda_per_minibatch": False,
+             "actor_step_first": False, "proximal_new_task": True, "beta_floor": None, "fixed_lambda": None}
     defaults = dataclasses.asdict(AdaptationConfig())
     assert {k: defaults[k] for k in paper} == paper
 
 
 @pytest.mark.parametrize(("name", "value"), [("beta_context", "actor"), ("classifier_rows", "all"),
-                                              ("proximal_scale", "double"), ("snapshot_size", 0)])
+                                              ("proximal_scale", "double"), ("snapshot_size", 0),
+                                              ("classifier_solver", "sgd")])
 def test_bad_switch_values_are_rejected(name: str, value: Any) -> None:
     with pytest.raises(ValueError, match=name):
         AdaptationConfig(**{name: value})

@@ -27,6 +27,7 @@ AUTHORS_SWITCHES = {
     "data.task_weighting": "transition", "data.history_padding": "authors", "data.eval_window": "growing",
     "data.warmup_episode_length": 50, "adaptation.settings.beta_prior_correction": False,
     "adaptation.settings.classifier_rows": "authors", "adaptation.settings.beta_context": "adapting",
+    "adaptation.settings.classifier_solver": "lbfgs",
     "adaptation.settings.beta_floor": 0.1, "adaptation.settings.fixed_lambda": 0.1,
     "adaptation.settings.proximal_scale": "full", "adaptation.settings.proximal_new_task": False,
     "adaptation.settings.actor_step_first": True,
@@ -124,8 +125,8 @@ def test_a_checkpoint_and_config_from_before_the_switches_load_with_the_paper_de
     config = yaml.safe_load((old / "config.yaml").read_text())
     for key in new_keys:
         config["data"].pop(key)
-    for key in ("beta_prior_correction", "beta_context", "classifier_rows", "snapshot_size", "proximal_scale",
-                "lambda_per_minibatch", "actor_step_first"):
+    for key in ("beta_prior_correction", "beta_context", "classifier_rows", "snapshot_size", "classifier_solver",
+                "proximal_scale", "lambda_per_minibatch", "actor_step_first"):
         config["adaptation"]["settings"].pop(key)
     (old / "config.yaml").write_text(yaml.safe_dump(config))
     data = MetaRLDataModule.from_checkpoint(old / "checkpoints" / "last.ckpt")

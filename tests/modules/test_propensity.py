@@ -78,15 +78,20 @@ def test_without_prior_correction_beta_is_the_raw_odds_of_the_released_code() ->
     np.testing.assert_allclose(raw.beta(feats).numpy(), np.exp(-np.maximum(f, -5.0)), rtol=1e-3)
 
 
-def test_coefficients_fitted_elsewhere_give_the_same_beta() -> None:
+def test_lbfgs_solver_is_the_released_codes_scikit_learn_fit() -> None:
+    # Their call: LogisticRegression(solver="lbfgs", max_iter=2000, C) at its default tolerance, float32 features,
+    # new task -1 and replay +1; beta = exp(-max(f, -clip)).
     new, replay = gaussian(200, shifted_mean(0.8), seed=1), gaussian(400, 0.0, seed=2)
-    fitted = PropensityClassifier(C=0.1, prior_correction=False).fit(new, replay)
-    copied = PropensityClassifier(C=0.1, prior_correction=False)
-    copied.set_fit(fitted.weight, fitted.bias, 200, 400)
-    feats = gaussian(30, 0.0, seed=4)
-    assert torch.equal(copied.beta(feats), fitted.beta(feats))
-    with pytest.raises(ValueError, match="1-D weight"):
-        copied.set_fit(fitted.weight[None], fitted.bias, 200, 400)
+    clf = PropensityClassifier(C=0.1, beta_clip=1.0, prior_correction=False, solver="lbfgs").fit(new, replay)
+    x = torch.cat([new, replay]).numpy()
+    theirs = LogisticRegression(solver="lbfgs", max_iter=2000, C=0.1).fit(x, np.r_[-np.ones(200), np.ones(400)])
+    feats = gaussian(300, 0.0, seed=3)
+    f = theirs.decision_function(feats.numpy())
+    np.testing.assert_allclose(clf.beta(feats).numpy(), np.exp(-np.maximum(f, -1.0)), rtol=1e-6)
+    exact = PropensityClassifier(C=0.1, beta_clip=1.0, prior_correction=False).fit(new, replay)
+    assert 1e-6 < float((exact.weight - clf.weight).abs().max()) < 1e-2  # lbfgs stops short of the optimum
+    with pytest.raises(ValueError, match="'newton' or 'lbfgs'"):
+        PropensityClassifier(solver="sgd")
 
 
 def test_fit_leaves_no_trainable_or_persistent_state() -> None:
