@@ -89,7 +89,8 @@ class MetaRLDataModule(L.LightningDataModule):
         batch_size: Transitions per gradient update.
         task_weighting: ``task``: each batch averages over tasks uniformly (Eq. 15, the paper); ``transition``:
             uniform over stored transitions (the authors' code).
-        warmup_steps: Environment steps of uniformly random actions before the first update.
+        warmup_steps: Environment steps of uniformly random actions before the first update (see also
+            ``warmup_episode_length``).
         episodes_per_iteration: Episodes collected per iteration, stepped in lockstep.
         updates_per_iteration: Gradient updates per iteration; ``None`` gives one update per collected step.
         min_buffer_size: Until the replay holds this many transitions, an iteration makes one update per collected
@@ -356,7 +357,7 @@ class MetaRLDataModule(L.LightningDataModule):
 
     def _warm_up(self) -> None:
         """Collect ``warmup_steps`` of uniformly random actions, cycling through this rank's training tasks so that
-        every task has data before the first update."""
+        every task has data before the first update (episodes cut at ``warmup_episode_length`` steps if set)."""
         own = self.train_task_ids
         while self.progress.env_steps < self.warmup_steps:
             # Warm-up can take a minute on the MuJoCo families: a stop request is honoured between two rounds of
