@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,14 @@ class AdaptationCallback(L.Callback):
         self.enabled = enabled
         self.settings = settings
         self._rows: list[dict[str, Any]] = []
+
+    def state_dict(self) -> dict[str, Any]:
+        """The adaptation settings, kept in every checkpoint as a record of how the run adapted.
+
+        A record only (nothing is loaded back): the settings of the command that loads a checkpoint apply, so a
+        checkpoint can be evaluated with other adaptation settings.
+        """
+        return {"enabled": self.enabled, "settings": dataclasses.asdict(self.settings)}
 
     def on_validation_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int,
@@ -115,7 +124,8 @@ class AdaptationCallback(L.Callback):
         rng = datamodule.rng_for("adapt", split, index)
         generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
         new_data = collect_adaptation_data(
-            datamodule.make_env, agent, datamodule.task(split, index), datamodule.history_length, self.settings, rng
+            datamodule.make_env, agent, datamodule.task(split, index), datamodule.history_length, self.settings, rng,
+            datamodule.history_padding, datamodule.exploration_noise,
         )
         return adapt_agent(agent, datamodule.replay, new_data, self.settings, generator, datamodule.task_weighting)
 

@@ -1,7 +1,9 @@
 """The command line, completed before LightningCLI parses it.
 
-* No ``--config``: ``mql fit|validate|test`` run the embedded default, ``configs/point.yaml`` (one source of the
-  default run's settings: the command ``mql fit`` is exactly ``mql fit --config configs/point.yaml``).
+* No ``--config`` that chooses a task family (``data.env_id``): ``mql fit|validate|test`` start from the embedded
+  default, ``configs/point.yaml`` (one source of the default run's settings: ``mql fit`` is exactly ``mql fit
+  --config configs/point.yaml``, and a config that only changes some settings, such as a preset of
+  ``configs/presets/``, changes them in that run).
 * ``--ckpt_path`` without ``--config``: the config saved in the checkpoint's run directory, so a run is resumed,
   validated or tested as it was configured; for a checkpoint copied out of its run, the data settings saved in the
   checkpoint itself.
@@ -62,7 +64,20 @@ def with_run_config(args: list[str]) -> list[str]:
 
 
 def with_default_config(args: list[str]) -> list[str]:
-    """``mql fit|validate|test`` with no ``--config``: ``--config configs/point.yaml`` first (the embedded default)."""
-    if not args or args[0] not in _CONFIGURED or _has_config(args):
+    """``mql fit|validate|test`` with no ``--config`` choosing a task family: ``--config configs/point.yaml`` first.
+
+    The embedded default run is then the base that the given configs (a preset, a few overrides) and options change.
+    """
+    if not args or args[0] not in _CONFIGURED or any(_chooses_family(path) for path in config_files(args)):
         return args
     return [args[0], "--config", str(config_path(DEFAULT_CONFIG)), *args[1:]]
+
+
+def _chooses_family(path: str) -> bool:
+    """Whether a config file sets ``data.env_id`` (an unreadable one counts: the parser reports it)."""
+    try:
+        config = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError):
+        return True
+    data = config.get("data") if isinstance(config, dict) else None
+    return isinstance(data, dict) and "env_id" in data

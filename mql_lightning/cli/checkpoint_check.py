@@ -15,7 +15,7 @@ from mql_lightning.run_directory import DEFAULT_NAME, DEFAULT_SAVE_DIR, config_b
 
 # Data settings that fix the layout of the replay buffer saved with a checkpoint: a run that loads the checkpoint must
 # use the same values.
-_REPLAY_LAYOUT = ("num_train_tasks", "replay_capacity", "history_length")
+_REPLAY_LAYOUT = ("num_train_tasks", "replay_capacity", "history_length", "history_padding")
 
 
 @dataclass

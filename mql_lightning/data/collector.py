@@ -10,6 +10,8 @@ import gymnasium
 import numpy as np
 import torch
 
+from mql_lightning.data.replay import HistoryPadding, check_history_padding
+
 Policy = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``(obs (N, O), history (N, H, A+1+O)) -> actions (N, A)`` in [-1, 1]."""
 
@@ -18,7 +20,8 @@ Policy = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 class Episode:
     """One finished episode on one task, ready for :meth:`EpisodeReplay.add_episode`.
 
-    ``histories`` holds the context window the policy was given at each step (only when asked for).
+    ``histories`` holds the context window the policy was given at each step (only when asked for);
+    ``start_action`` the random action of the start entry ``e_-1`` (only where windows hold that entry).
     """
 
     task: int
@@ -28,6 +31,7 @@ class Episode:
     next_obs: np.ndarray
     terminated: np.ndarray
     histories: np.ndarray | None = None
+    start_action: np.ndarray | None = None
 
     @property
     def length(self) -> int:
@@ -44,23 +48,48 @@ class Collector:
     """Steps one or more envs in lockstep, one episode each, keeping every episode's context window.
 
     The window given to the policy at step t is the H entries ``(a_j, r_j, o_j)`` for ``j = t-H .. t-1``, oldest
-    first, zero before the episode start: exactly what :class:`EpisodeReplay` gathers for that transition
-    (DESIGN decision 6). All randomness (env reset seeds, random actions, exploration noise) comes from the
-    generator passed in, so a rollout is reproducible and never touches global RNGs.
+    first, and before the episode start what ``history_padding`` says (zeros; or, for ``authors`` and
+    ``start_entry``, the start entry ``e_-1 = (a_rand, 0, o_0)`` right before ``e_0``, its random action drawn from
+    ``N(0, start_action_std)`` and clipped, as the authors' runner does): exactly what :class:`EpisodeReplay` with
+    the same ``history_padding`` gathers as that transition's history (DESIGN decision 6). With
+    ``growing_window`` (the authors' evaluation) the window is not padded at all: at step t it holds the last
+    ``min(t + 1, H)`` entries of ``e_-1, e_0, .., e_{t-1}``. All randomness (env reset seeds, random actions,
+    exploration noise) comes from the generator passed in, so a rollout is reproducible and never touches global
+    RNGs; the default windows draw nothing more than before these options existed.
 
     Args:
         env_fn: Makes one task-family env (e.g. ``lambda: make_env("mql/PointRobot-v0")``).
         obs_dim: Observation width.
         action_dim: Action width.
         history_length: Context window length H.
+        history_padding: ``zeros`` (default), ``authors`` or ``start_entry`` (the latter two: windows hold
+            ``e_-1``; see :mod:`mql_lightning.data.replay`).
+        start_action_std: Std of the random action of ``e_-1`` (the authors use their exploration noise).
+        growing_window: Windows of 1 to H entries, starting with ``e_-1``, instead of H zero-padded entries.
     """
 
     def __init__(
-        self, env_fn: Callable[[], gymnasium.Env], obs_dim: int, action_dim: int, history_length: int
+        self,
+        env_fn: Callable[[], gymnasium.Env],
+        obs_dim: int,
+        action_dim: int,
+        history_length: int,
+        history_padding: HistoryPadding = "zeros",
+        start_action_std: float = 0.0,
+        growing_window: bool = False,
     ) -> None:
+        if start_action_std < 0:
+            raise ValueError(f"start_action_std must be >= 0, got {start_action_std}")
         self.env_fn = env_fn
         self.obs_dim, self.action_dim, self.history_length = obs_dim, action_dim, history_length
+        self.history_padding = check_history_padding(history_padding)
+        self.start_action_std, self.growing_window = float(start_action_std), bool(growing_window)
         self._envs: list[gymnasium.Env] = []
+
+    @property
+    def has_start_entry(self) -> bool:
+        """Whether windows hold the start entry ``e_-1`` (growing windows always begin with it)."""
+        return self.history_padding != "zeros" or self.growing_window
 
     def _env(self, slot: int) -> gymnasium.Env:
         while len(self._envs) <= slot:
@@ -81,6 +110,7 @@ class Collector:
         policy: Policy | None = None,
         noise_std: float = 0.0,
         record_history: bool = False,
+        max_steps: int | None = None,
     ) -> list[Episode]:
         """Run one episode per task, all in lockstep, with one batched policy call per step.
 
@@ -90,18 +120,34 @@ class Collector:
             rng: Source of env reset seeds, random actions and exploration noise.
             policy: The acting policy; ``None`` acts uniformly at random (warm-up).
             noise_std: Std of the Gaussian exploration noise added to the policy's action (then clipped).
-            record_history: Keep the window given to the policy at every step on the episodes.
+            record_history: Keep the window given to the policy at every step on the episodes (fixed-length
+                windows only).
+            max_steps: Cut every episode after this many steps, as a time limit would (truncated, not
+                terminated); the authors cut warm-up episodes at 50.
 
         Returns:
             The finished episodes, in the order of ``tasks``.
+
+        Raises:
+            ValueError: If ``record_history`` is asked for with growing windows, or ``max_steps < 1``.
         """
+        if record_history and self.growing_window:
+            raise ValueError("record_history needs fixed-length windows (growing_window=False)")
+        if max_steps is not None and max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1 (or None), got {max_steps}")
         n, h, a_dim = len(tasks), self.history_length, self.action_dim
         envs = [self._env(i) for i in range(n)]
         seeds = rng.integers(0, 2**31 - 1, size=n)
-        trace = _Trace(n, h, a_dim, self.obs_dim, _episode_limit_hint(envs[0]) if n else 1)
+        trace = _Trace(n, h, a_dim, self.obs_dim, _episode_limit_hint(envs[0]) if n else 1, self.has_start_entry)
+        if self.has_start_entry:
+            # The authors' start entry: a random action N(0, sigma), clipped into the action box, with reward 0.
+            start = rng.normal(0.0, self.start_action_std, size=(n, a_dim)).clip(-1.0, 1.0)
+            trace.entries[:, h - 1, :a_dim] = start
         for i, (env, task) in enumerate(zip(envs, tasks, strict=True)):
             env.unwrapped.set_task(task)
             trace.entries[i, h, a_dim + 1 :] = env.reset(seed=int(seeds[i]))[0]
+            if self.has_start_entry:
+                trace.entries[i, h - 1, a_dim + 1 :] = trace.entries[i, h, a_dim + 1 :]  # e_-1 holds o_0
         running = list(range(n))  # slots of the episodes still running, in order
         t = 0
         with torch.no_grad():  # one grad-mode switch per rollout instead of one per step
@@ -110,7 +156,9 @@ class Collector:
                 rows: slice | list[int] = slice(None) if len(running) == n else running
                 trace.reserve(t)
                 entries, row = trace.entries, h + t
-                obs, window = entries[rows, row, a_dim + 1 :], entries[rows, t:row]
+                # Growing windows start at e_-1 (row h - 1) until they are H long.
+                first = max(h - 1, t) if self.growing_window else t
+                obs, window = entries[rows, row, a_dim + 1 :], entries[rows, first:row]
                 actions = self._actions(obs, window, rng, policy, noise_std)
                 entries[rows, row, :a_dim] = actions
                 finished = False
@@ -118,7 +166,7 @@ class Collector:
                     o2, r, terminated, truncated, _ = envs[i].step(action)
                     entries[i, row, a_dim] = r
                     entries[i, row + 1, a_dim + 1 :] = o2  # o_{t+1}: next_obs of step t and obs of step t + 1
-                    if terminated or truncated:
+                    if terminated or truncated or t + 1 == max_steps:
                         trace.lengths[i], trace.terminated[i, t], finished = t + 1, terminated, True
                 if finished:
                     running = [i for i in running if trace.lengths[i] == 0]
@@ -163,16 +211,21 @@ class _Trace:
     ``o_{t+1}`` is written into row ``H + t + 1`` as soon as it is observed: it is the next observation of step t and
     the observation of step t + 1, hence one spare row after the last step.
 
+    The start entry ``e_-1``, where windows hold it, is row ``H - 1``: the last of the zero rows.
+
     Args:
         n: Number of lockstep episodes.
         history_length: Context window length H.
         action_dim: Action width A.
         obs_dim: Observation width O.
         capacity: Steps per episode to preallocate; :meth:`reserve` grows the trace past it.
+        start_entry: Whether row ``H - 1`` holds ``e_-1`` (its action is then returned with the episode).
     """
 
-    def __init__(self, n: int, history_length: int, action_dim: int, obs_dim: int, capacity: int) -> None:
-        self.h, self.a_dim = history_length, action_dim
+    def __init__(
+        self, n: int, history_length: int, action_dim: int, obs_dim: int, capacity: int, start_entry: bool = False
+    ) -> None:
+        self.h, self.a_dim, self.start_entry = history_length, action_dim, start_entry
         self.capacity = max(1, capacity)
         self.entries = np.zeros((n, history_length + self.capacity + 1, action_dim + 1 + obs_dim), dtype=np.float32)
         self.terminated = np.zeros((n, self.capacity), dtype=bool)
@@ -206,4 +259,5 @@ class _Trace:
             next_obs=rows[h + 1 : h + length + 1, a + 1 :].copy(),
             terminated=self.terminated[i, :length].copy(),
             histories=histories,
+            start_action=rows[h - 1, :a].copy() if self.start_entry else None,
         )

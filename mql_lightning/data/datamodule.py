@@ -15,7 +15,7 @@ import torch
 
 from mql_lightning import interrupt
 from mql_lightning.data.collector import Collector, Episode, Policy
-from mql_lightning.data.replay import EpisodeReplay, ReplayBatch
+from mql_lightning.data.replay import EpisodeReplay, HistoryPadding, ReplayBatch, check_history_padding
 from mql_lightning.data.side_file import load_replay_for
 from mql_lightning.envs import make_env, make_task_splits
 
@@ -89,7 +89,8 @@ class MetaRLDataModule(L.LightningDataModule):
         batch_size: Transitions per gradient update.
         task_weighting: ``task``: each batch averages over tasks uniformly (Eq. 15, the paper); ``transition``:
             uniform over stored transitions (the authors' code).
-        warmup_steps: Environment steps of uniformly random actions before the first update.
+        warmup_steps: Environment steps of uniformly random actions before the first update (see also
+            ``warmup_episode_length``).
         episodes_per_iteration: Episodes collected per iteration, stepped in lockstep.
         updates_per_iteration: Gradient updates per iteration; ``None`` gives one update per collected step.
         min_buffer_size: Until the replay holds this many transitions, an iteration makes one update per collected
@@ -102,6 +103,16 @@ class MetaRLDataModule(L.LightningDataModule):
             first ones of the split, a fixed subset that keeps validation affordable; ``None`` for all.
         eval_episodes: Evaluation episodes per held-out task.
         eval_history_length: Context window at evaluation; ``None`` uses ``history_length``.
+        history_padding: What the context windows of training and adaptation data hold before the episode start:
+            ``zeros`` (default); ``authors``: zeros and, right before the first entry, a start entry ``e_-1`` =
+            (a random action ``N(0, exploration_noise)``, reward 0, first observation), in the window of the
+            transition but not in the window of its next state (the released code, inconsistency included);
+            ``start_entry``: ``e_-1`` in both windows.
+        eval_window: Context windows at evaluation: ``fixed`` (default: ``eval_history_length`` entries, padded as
+            ``history_padding`` says) or ``growing`` (the released code: 1 to ``eval_history_length`` entries,
+            beginning with ``e_-1``, no padding).
+        warmup_episode_length: Cut warm-up episodes after this many steps (the released code: 50, a quarter of
+            the 200-step episodes); ``None`` runs them to the family's time limit.
     """
 
     def __init__(
@@ -128,6 +139,9 @@ class MetaRLDataModule(L.LightningDataModule):
         tasks_per_validation: int | None = 5,
         eval_episodes: int = 4,
         eval_history_length: int | None = None,
+        history_padding: HistoryPadding = "zeros",
+        eval_window: Literal["fixed", "growing"] = "fixed",
+        warmup_episode_length: int | None = None,
     ) -> None:
         super().__init__()
         _check_positive(
@@ -136,7 +150,11 @@ class MetaRLDataModule(L.LightningDataModule):
             val_every_env_steps=val_every_env_steps, eval_episodes=eval_episodes,
         )
         _check_positive(updates_per_iteration=updates_per_iteration, eval_history_length=eval_history_length,
-                        tasks_per_validation=tasks_per_validation, optional=True)
+                        tasks_per_validation=tasks_per_validation, warmup_episode_length=warmup_episode_length,
+                        optional=True)
+        check_history_padding(history_padding)
+        if eval_window not in ("fixed", "growing"):
+            raise ValueError(f"eval_window must be 'fixed' or 'growing', got {eval_window!r}")
         non_negative = {"warmup_steps": warmup_steps, "exploration_noise": exploration_noise,
                         "num_val_tasks": num_val_tasks, "num_test_tasks": num_test_tasks,
                         "min_buffer_size": min_buffer_size}
@@ -156,6 +174,8 @@ class MetaRLDataModule(L.LightningDataModule):
         self.exploration_noise, self.eval_episodes = exploration_noise, eval_episodes
         self.val_every_env_steps, self.validate_at_start = val_every_env_steps, validate_at_start
         self.replay_capacity, self.tasks_per_validation = replay_capacity, tasks_per_validation
+        self.history_padding, self.eval_window = history_padding, eval_window
+        self.warmup_episode_length = warmup_episode_length
 
         # Dimensions and splits are known right away: LightningCLI links obs_dim/action_dim into the model.
         probe = make_env(env_id, **self.env_kwargs)
@@ -203,15 +223,25 @@ class MetaRLDataModule(L.LightningDataModule):
             self._rng = np.random.default_rng(collect_seq)
             self._sample_generator = torch.Generator().manual_seed(int(sample_seq.generate_state(1)[0]))
             self._eval_seed = int(eval_seq.generate_state(1)[0])
-            self._collector = Collector(self.make_env, self.obs_dim, self.action_dim, self.history_length)
-            self._eval_collector = Collector(self.make_env, self.obs_dim, self.action_dim, self.eval_history_length)
+            self._collector = self.collector(self.history_length)
+            self._eval_collector = self.collector(self.eval_history_length, self.eval_window == "growing")
         if stage == "fit" and self.replay is None:
             self.replay = self._new_replay()
 
     def _new_replay(self) -> EpisodeReplay:
         # Rings as large as on one device: capacity per task does not depend on the number of processes.
         capacity = max(1, self.replay_capacity // len(self.tasks.train))
-        return EpisodeReplay(len(self.train_task_ids), capacity, self.obs_dim, self.action_dim, self.history_length)
+        return EpisodeReplay(
+            len(self.train_task_ids), capacity, self.obs_dim, self.action_dim, self.history_length, self.history_padding
+        )
+
+    def collector(self, history_length: int, growing_window: bool = False) -> Collector:
+        """A collector of this family whose windows are built as this DataModule's (``history_padding``; the start
+        entry's random action with std ``exploration_noise``, as the authors' runner draws it)."""
+        return Collector(
+            self.make_env, self.obs_dim, self.action_dim, history_length, self.history_padding,
+            self.exploration_noise, growing_window,
+        )
 
     def _process(self) -> tuple[int, int]:
         """``(global rank, world size)`` of this process; ``(0, 1)`` without a trainer."""
@@ -327,7 +357,7 @@ class MetaRLDataModule(L.LightningDataModule):
 
     def _warm_up(self) -> None:
         """Collect ``warmup_steps`` of uniformly random actions, cycling through this rank's training tasks so that
-        every task has data before the first update."""
+        every task has data before the first update (episodes cut at ``warmup_episode_length`` steps if set)."""
         own = self.train_task_ids
         while self.progress.env_steps < self.warmup_steps:
             # Warm-up can take a minute on the MuJoCo families: a stop request is honoured between two rounds of
@@ -336,7 +366,8 @@ class MetaRLDataModule(L.LightningDataModule):
             # Every rank collects the same number of episodes per round: this rank's own count.
             done = self.progress.episodes // self._world_size
             ids = [(done + k) % len(own) for k in range(self.episodes_per_iteration)]
-            self._store(self._collector.rollout([self.tasks.train[own[i]] for i in ids], ids, self._rng))
+            tasks = [self.tasks.train[own[i]] for i in ids]
+            self._store(self._collector.rollout(tasks, ids, self._rng, max_steps=self.warmup_episode_length))
 
     def _collect_iteration(self) -> tuple[int, int]:
         """Collect one iteration's episodes on this rank's training tasks drawn uniformly, with the policy plus
@@ -359,7 +390,9 @@ class MetaRLDataModule(L.LightningDataModule):
             summed over the ranks (one all-reduce: DESIGN decision 12).
         """
         for ep in episodes:
-            self.replay.add_episode(ep.task, ep.obs, ep.actions, ep.rewards, ep.next_obs, ep.terminated)
+            self.replay.add_episode(
+                ep.task, ep.obs, ep.actions, ep.rewards, ep.next_obs, ep.terminated, ep.start_action
+            )
         # np.sum, like np.mean before it, so a single device logs bit-identical rollout returns.
         local = [sum(ep.length for ep in episodes), len(episodes), float(np.sum([ep.ret for ep in episodes])),
                  len(self.replay)]

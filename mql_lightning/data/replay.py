@@ -8,9 +8,20 @@ windows are rebuilt with one vectorised gather per batch (DESIGN decision 6).
 Context convention (the authors'): the context entry of transition ``j`` is
 ``e_j = concat(a_j, r_j, o_j)`` with ``o_j`` the *pre-step* observation, so ``C = A + 1 + O``.
 For transition ``i`` the history is ``e_{i-H} .. e_{i-1}`` (oldest first) and the next-history,
-used with ``next_obs`` for the TD target, is ``e_{i-H+1} .. e_i``. Entries from before the start
-of the episode are zero. One ``(H + 1)``-long gather of ``e_{i-H} .. e_i`` therefore yields both
-windows and, in its last entry, the transition's own action, reward and observation.
+used with ``next_obs`` for the TD target, is ``e_{i-H+1} .. e_i``. One ``(H + 1)``-long gather of
+``e_{i-H} .. e_i`` therefore yields both windows and, in its last entry, the transition's own
+action, reward and observation.
+
+Entries from before the start of the episode (``history_padding``):
+
+- ``zeros`` (default): zero entries.
+- ``authors``: as the authors' runner builds its windows: zeros, except that the entry just before
+  ``e_0`` is ``e_-1 = (a_rand, 0, o_0)``, a random action ``N(0, sigma)`` drawn when the episode
+  started (stored once per episode), reward 0 and the first observation. Their next-history starts
+  from zeros only, so it lacks ``e_-1``: for ``i < H - 1`` the next-history of transition ``i`` is
+  not the history of transition ``i + 1``. That inconsistency is theirs, kept here on purpose so
+  that this setting reproduces their updates.
+- ``start_entry``: ``e_-1`` in both windows (the consistent variant of ``authors``).
 
 This module depends on torch and numpy only: the buffer knows nothing of Lightning or gymnasium.
 """
@@ -19,15 +30,19 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
 
-__all__ = ["EpisodeReplay", "ReplayBatch"]
+__all__ = ["HISTORY_PADDINGS", "EpisodeReplay", "HistoryPadding", "ReplayBatch"]
 
 # Bumped whenever the state-dict layout changes, so old side files fail loudly instead of silently.
 _STATE_VERSION = 2
+# Stored only by buffers whose windows hold the start entry e_-1 (history_padding other than "zeros"): the random
+# action of every episode's e_-1, at the slot of the episode's first transition.
+_START_KEYS = frozenset({"start_action", "history_padding"})
+HISTORY_PADDINGS = ("zeros", "authors", "start_entry")
 _STATE_KEYS = frozenset(
     {
         "version",
@@ -46,6 +61,19 @@ _STATE_KEYS = frozenset(
 )
 
 ArrayLike = np.ndarray | torch.Tensor | Sequence[Any]
+HistoryPadding = Literal["zeros", "authors", "start_entry"]
+"""What a context window holds before the episode start (see the module docstring)."""
+
+
+def check_history_padding(value: str) -> str:
+    """Return ``value`` if it is one of :data:`HISTORY_PADDINGS`.
+
+    Raises:
+        ValueError: Otherwise.
+    """
+    if value not in HISTORY_PADDINGS:
+        raise ValueError(f"history_padding must be one of {', '.join(HISTORY_PADDINGS)}; got {value!r}")
+    return value
 
 
 class ReplayBatch(NamedTuple):
@@ -53,7 +81,8 @@ class ReplayBatch(NamedTuple):
 
     ``obs``, ``action``, ``reward``, ``history`` and ``next_history`` are views into one gathered
     ``(B, H + 1, C)`` tensor (that single gather is the point of DESIGN decision 6); treat them as
-    read-only or clone before modifying them in place.
+    read-only or clone before modifying them in place. (With ``history_padding="authors"`` the
+    next-history is a separate tensor: it lacks the start entry that the history holds.)
 
     Attributes:
         obs: Pre-step observations, ``(B, O)`` float32.
@@ -97,7 +126,9 @@ class EpisodeReplay:
 
     A window entry ``k`` steps back from position ``i`` is real data iff ``k <= step(i)`` (same
     episode) and ``k <= (i - oldest) mod capacity`` (not overwritten by a newer episode after the
-    ring wrapped; ``oldest = ptr`` when the ring is full, else 0). Otherwise it is zero.
+    ring wrapped; ``oldest = ptr`` when the ring is full, else 0). Otherwise it is zero, or, with a
+    ``history_padding`` other than ``zeros``, the start entry ``e_-1`` for ``k = step(i) + 1`` when
+    the episode's first transition is still stored (one more ``(A,)`` row per slot is then kept).
 
     Args:
         num_tasks: Number of tasks (rings).
@@ -105,9 +136,11 @@ class EpisodeReplay:
         obs_dim: Observation size ``O``.
         action_dim: Action size ``A``.
         history_length: Context window length ``H`` (>= 1).
+        history_padding: What windows hold before the episode start: ``zeros`` (default), ``authors``
+            or ``start_entry`` (module docstring).
 
     Raises:
-        ValueError: If any argument is not a positive integer.
+        ValueError: If any argument is not a positive integer, or on an unknown ``history_padding``.
     """
 
     def __init__(
@@ -117,7 +150,9 @@ class EpisodeReplay:
         obs_dim: int,
         action_dim: int,
         history_length: int,
+        history_padding: HistoryPadding = "zeros",
     ) -> None:
+        self._history_padding = check_history_padding(history_padding)
         self._set_dims(num_tasks, capacity_per_task, obs_dim, action_dim, history_length)
         self._allocate()
 
@@ -147,8 +182,20 @@ class EpisodeReplay:
         self._step = torch.zeros(n, dtype=torch.int32)
         self._ptr = torch.zeros(self._num_tasks, dtype=torch.int64)
         self._size = torch.zeros(self._num_tasks, dtype=torch.int64)
+        # Random action of each episode's start entry, at its first slot (only where windows hold that entry).
+        self._start_action = torch.zeros(n if self.has_start_entry else 0, self._action_dim, dtype=torch.float32)
 
     # ------------------------------------------------------------------ properties
+
+    @property
+    def history_padding(self) -> str:
+        """What windows hold before the episode start: ``zeros``, ``authors`` or ``start_entry``."""
+        return self._history_padding
+
+    @property
+    def has_start_entry(self) -> bool:
+        """Whether windows hold the start entry ``e_-1`` (every ``history_padding`` but ``zeros``)."""
+        return self._history_padding != "zeros"
 
     @property
     def num_tasks(self) -> int:
@@ -193,12 +240,13 @@ class EpisodeReplay:
             + self._obs_dim * self._next_obs.element_size()
             + self._terminated.element_size()
             + self._step.element_size()
+            + (self._action_dim * self._start_action.element_size() if self.has_start_entry else 0)
         )
 
     @property
     def nbytes(self) -> int:
         """Bytes of storage actually allocated (preallocated, so independent of the fill level)."""
-        tensors = (self._entry, self._next_obs, self._terminated, self._step, self._ptr, self._size)
+        tensors = (self._entry, self._next_obs, self._terminated, self._step, self._ptr, self._size, self._start_action)
         return sum(t.numel() * t.element_size() for t in tensors)
 
     def num_transitions(self, task: int | None = None) -> int:
@@ -224,7 +272,7 @@ class EpisodeReplay:
         return (
             f"{type(self).__name__}(num_tasks={self._num_tasks}, capacity_per_task={self._capacity}, "
             f"obs_dim={self._obs_dim}, action_dim={self._action_dim}, history_length={self._history_length}, "
-            f"stored={len(self)})"
+            f"history_padding={self._history_padding!r}, stored={len(self)})"
         )
 
     # ------------------------------------------------------------------ writing
@@ -253,6 +301,7 @@ class EpisodeReplay:
         rewards: ArrayLike,
         next_obs: ArrayLike,
         terminated: ArrayLike,
+        start_action: ArrayLike | None = None,
     ) -> None:
         """Append one whole episode of ``T`` transitions to a task's ring.
 
@@ -267,9 +316,12 @@ class EpisodeReplay:
             rewards: Rewards, ``(T,)``.
             next_obs: Post-step observations, ``(T, O)``.
             terminated: True termination flags (not truncation), ``(T,)``; nonzero means terminated.
+            start_action: The random action ``(A,)`` of the episode's start entry ``e_-1``: required exactly
+                when the windows hold that entry (:attr:`has_start_entry`).
 
         Raises:
-            ValueError: On a bad task index, inconsistent shapes, ``T == 0`` or ``T > capacity_per_task``.
+            ValueError: On a bad task index, inconsistent shapes, ``T == 0``, ``T > capacity_per_task``, or a
+                ``start_action`` missing where needed or given where the windows have no start entry.
         """
         task = self._check_task(task)
         obs_t = torch.as_tensor(obs)
@@ -285,6 +337,12 @@ class EpisodeReplay:
         rew_t = self._as_tensor("rewards", rewards, torch.float32, (t_len,))
         nobs_t = self._as_tensor("next_obs", next_obs, torch.float32, (t_len, self._obs_dim))
         term_t = self._as_tensor("terminated", terminated, torch.bool, (t_len,))
+        if (start_action is None) == self.has_start_entry:
+            need = "needs" if self.has_start_entry else "takes no"
+            raise ValueError(f"a replay with history_padding={self._history_padding!r} {need} start_action")
+        start_t = None
+        if start_action is not None:
+            start_t = self._as_tensor("start_action", start_action, torch.float32, (self._action_dim,))
 
         ptr = int(self._ptr[task])
         positions = torch.remainder(torch.arange(ptr, ptr + t_len, dtype=torch.int64), self._capacity)
@@ -294,6 +352,8 @@ class EpisodeReplay:
         self._next_obs[slots] = nobs_t
         self._terminated[slots] = term_t
         self._step[slots] = torch.arange(t_len, dtype=torch.int32)
+        if start_t is not None:
+            self._start_action[slots[0]] = start_t
         self._ptr[task] = (ptr + t_len) % self._capacity
         self._size[task] = min(int(self._size[task]) + t_len, self._capacity)
 
@@ -338,15 +398,47 @@ class EpisodeReplay:
         oldest = torch.where(size == cap, self._ptr[task], torch.zeros_like(size))
         # How far back a window may reach: not before the episode start, and (after the ring has
         # wrapped) not into slots that a newer episode overwrote.
-        reach = torch.minimum(self._step[slot].to(torch.int64), torch.remainder(position - oldest, cap))
+        step = self._step[slot].to(torch.int64)
+        reach = torch.minimum(step, torch.remainder(position - oldest, cap))
         window_pos = torch.remainder(position.unsqueeze(1) - self._offsets, cap)
         window_slot = torch.where(
             self._offsets <= reach.unsqueeze(1),
             base.unsqueeze(1) + window_pos,
             torch.full_like(window_pos, self._zero_slot),
         )
+        if self.has_start_entry:
+            return self._gather_with_start_entry(task, slot, base + torch.remainder(position - step, cap), step,
+                                                 reach, window_slot)
         window = self._entry.index_select(0, window_slot.reshape(-1))
         window = window.view(task.shape[0], self._history_length + 1, self._context_dim)
+        return self._batch(task, slot, window, window[:, 1:])
+
+    def _gather_with_start_entry(
+        self, task: torch.Tensor, slot: torch.Tensor, first: torch.Tensor, step: torch.Tensor, reach: torch.Tensor,
+        window_slot: torch.Tensor,
+    ) -> ReplayBatch:
+        """The gather for windows that hold ``e_-1 = (a_rand, 0, o_0)`` right before ``e_0`` (``first``: its slot)."""
+        # e_-1 lies step + 1 entries back, if the episode's first transition is still stored (reach == step). Its
+        # observation is e_0's: gather e_0 there, then put in the episode's random action and reward 0.
+        start = (self._offsets == (step + 1).unsqueeze(1)) & (reach == step).unsqueeze(1)
+        window_slot = torch.where(start, first.unsqueeze(1), window_slot)
+        window = self._entry.index_select(0, window_slot.reshape(-1))
+        window = window.view(task.shape[0], self._history_length + 1, self._context_dim)
+        rows, cols = torch.nonzero(start, as_tuple=True)
+        a = self._action_dim
+        window[rows, cols, :a] = self._start_action.index_select(0, first[rows])
+        window[rows, cols, a] = 0.0
+        next_history = window[:, 1:]
+        if self._history_padding == "authors":
+            # The authors' next-history starts from zeros only: no e_-1 (see the module docstring).
+            next_history = next_history.clone()
+            inside = cols > 0
+            next_history[rows[inside], cols[inside] - 1] = 0.0
+        return self._batch(task, slot, window, next_history)
+
+    def _batch(
+        self, task: torch.Tensor, slot: torch.Tensor, window: torch.Tensor, next_history: torch.Tensor
+    ) -> ReplayBatch:
         current = window[:, -1]
         a = self._action_dim
         return ReplayBatch(
@@ -357,7 +449,7 @@ class EpisodeReplay:
             terminated=self._terminated.index_select(0, slot).to(torch.float32),
             task=task,
             history=window[:, :-1],
-            next_history=window[:, 1:],
+            next_history=next_history,
         )
 
     def sample(
@@ -415,6 +507,41 @@ class EpisodeReplay:
             position = flat - (cumulative[choice] - sizes[choice])
         return self._gather(allowed[choice], position)
 
+    def sample_per_task(
+        self, per_task: int, generator: torch.Generator, recent: int | None = None
+    ) -> ReplayBatch:
+        """``per_task`` transitions from every task holding data, uniformly with replacement, task after task.
+
+        The replay rows of the propensity classifier (adaptation, step 2).
+
+        Args:
+            per_task: Transitions drawn from each task.
+            generator: CPU generator; the only source of randomness.
+            recent: Draw only from each task's latest ``recent`` transitions (the authors' per-task snapshot
+                buffer); ``None`` draws from all of them.
+
+        Returns:
+            The :class:`ReplayBatch`, ``per_task`` rows per non-empty task in task order.
+
+        Raises:
+            ValueError: On a bad ``per_task`` or ``recent``, or if no task holds data.
+        """
+        per_task = _positive_int("per_task", per_task)
+        tasks = torch.nonzero(self._size > 0).squeeze(1)
+        if tasks.numel() == 0:
+            raise ValueError("cannot sample: no task holds any transitions")
+        task = tasks.repeat_interleave(per_task)
+        size = self._size[task]
+        u = torch.rand(len(task), generator=generator, dtype=torch.float64)
+        if recent is None:
+            position = torch.minimum((u * size).long(), size - 1)
+        else:
+            span = torch.clamp(size, max=_positive_int("recent", recent))
+            back = torch.minimum((u * span).long(), span - 1)
+            # The newest transition of a task sits just before its write pointer.
+            position = torch.remainder(self._ptr[task] - 1 - back, self._capacity)
+        return self._gather(task, position)
+
     # ------------------------------------------------------------------ persistence
 
     def state_dict(self) -> dict[str, Any]:
@@ -424,10 +551,11 @@ class EpisodeReplay:
         the data, not as the preallocated capacity.
 
         Returns:
-            A dict with the dimensions, the filled rows of the storage and the per-task ``ptr`` / ``size``.
+            A dict with the dimensions, the filled rows of the storage and the per-task ``ptr`` / ``size``
+            (and, where windows hold the start entry, ``start_action`` rows and the ``history_padding``).
         """
         filled = self._filled_slots()
-        return {
+        state: dict[str, Any] = {
             "version": _STATE_VERSION,
             "num_tasks": self._num_tasks,
             "capacity_per_task": self._capacity,
@@ -441,6 +569,10 @@ class EpisodeReplay:
             "ptr": self._ptr.clone(),
             "size": self._size.clone(),
         }
+        if self.has_start_entry:
+            state["start_action"] = self._start_action.index_select(0, filled)
+            state["history_padding"] = self._history_padding
+        return state
 
     def _filled_slots(self, size: torch.Tensor | None = None) -> torch.Tensor:
         """Flat indices of the filled slots: ``[k * capacity, k * capacity + size_k)`` for every task ``k``."""
@@ -454,7 +586,14 @@ class EpisodeReplay:
         # One exception type (ValueError) for every way a state can fail to fit, so a resuming caller
         # catches a single error whether the file is foreign, stale or for other dimensions.
         keys = set(state) if isinstance(state, dict) else set()
-        missing, unexpected = _STATE_KEYS - keys, keys - _STATE_KEYS
+        if ("start_action" in keys) != self.has_start_entry:
+            saved = "with" if "start_action" in keys else "without"
+            raise ValueError(
+                f"replay state was saved {saved} the episodes' start entries, but this buffer has history_padding="
+                f"{self._history_padding!r}: use the data.history_padding of the run that wrote it"
+            )
+        expected = _STATE_KEYS | (_START_KEYS if self.has_start_entry else frozenset())
+        missing, unexpected = expected - keys, keys - expected
         if missing or unexpected:
             raise ValueError(
                 f"replay state dict keys mismatch: missing {sorted(missing)}, unexpected {sorted(unexpected)}"
@@ -484,6 +623,8 @@ class EpisodeReplay:
             "ptr": ((self._num_tasks,), torch.int64),
             "size": ((self._num_tasks,), torch.int64),
         }
+        if self.has_start_entry:
+            specs["start_action"] = ((n, self._action_dim), torch.float32)
         out: dict[str, torch.Tensor] = {}
         for key, (shape, dtype) in specs.items():
             value = state[key]
@@ -538,6 +679,9 @@ def join_task_states(parts: Sequence[tuple[dict[str, Any], Sequence[int]]], task
     Raises:
         ValueError: If a state has another layout version, or no part holds a wanted task.
     """
+    template = parts[0][0]
+    # Buffers whose windows hold the episodes' start entries have one more row array, and their padding mode.
+    row_keys = (*_ROW_KEYS, "start_action") if "start_action" in template else _ROW_KEYS
     per_task: dict[int, dict[str, torch.Tensor]] = {}
     for state, ids in parts:
         if state.get("version") != _STATE_VERSION:
@@ -546,15 +690,14 @@ def join_task_states(parts: Sequence[tuple[dict[str, Any], Sequence[int]]], task
         offsets = torch.cumsum(state["size"], 0) - state["size"]
         for k, task in enumerate(ids):
             start, size = int(offsets[k]), int(state["size"][k])
-            per_task[int(task)] = {key: state[key][start : start + size] for key in _ROW_KEYS}
+            per_task[int(task)] = {key: state[key][start : start + size] for key in row_keys}
             per_task[int(task)].update(ptr=state["ptr"][k], size=state["size"][k])
     missing = [t for t in tasks if t not in per_task]
     if missing:
         raise ValueError(f"the replay side files of this checkpoint hold no buffer for training tasks {missing}")
-    template = parts[0][0]
-    joined: dict[str, Any] = {key: template[key] for key in _DIM_KEYS}
+    joined: dict[str, Any] = {key: template[key] for key in (*_DIM_KEYS, "history_padding") if key in template}
     joined["num_tasks"] = len(tasks)
-    for key in _ROW_KEYS:
+    for key in row_keys:
         joined[key] = torch.cat([per_task[t][key] for t in tasks])
     for key in ("ptr", "size"):
         joined[key] = torch.stack([per_task[t][key] for t in tasks])

@@ -15,10 +15,11 @@ class ContextEncoder(L.LightningModule):
     """GRU over the last H transitions ``(a_{t-1}, r_{t-1}, o_{t-1})``; the context is its last hidden state.
 
     The paper sets z_t to the hidden state of a GRU run over the recent trajectory (Sec. 3.1.1). As in the authors'
-    code, every forward pass starts from a zero hidden state and sees a fixed-length window, zero-padded before the
-    episode start. The parameters live in an ``nn.GRU`` (its state-dict layout); the pass itself is
-    :func:`~mql_lightning.modules.gru.gru_last_state`, and :func:`encode` runs several encoders over the same
-    windows in one grouped pass.
+    code, every forward pass starts from a zero hidden state. What the window holds before the episode start is the
+    data's choice (``data.history_padding``): zeros by default; the authors' code puts a random-action start entry
+    there instead, and grows its evaluation windows from one entry (``data.eval_window``). The parameters live in an
+    ``nn.GRU`` (its state-dict layout); the pass itself is :func:`~mql_lightning.modules.gru.gru_last_state`, and
+    :func:`encode` runs several encoders over the same windows in one grouped pass.
 
     Args:
         input_dim: Width of one history entry, ``action_dim + 1 + obs_dim`` (linked from the task family).

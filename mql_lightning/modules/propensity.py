@@ -4,8 +4,10 @@ A logistic classifier separates transitions of the new task from transitions of 
 its odds re-weight replay transitions in the adaptation objective (Eq. 19), and the normalised effective sample size
 of those weights sets the proximal coefficient ``lambda = 1 - ESS`` (Remark 3). Conventions (DESIGN decision 2):
 
-- ``beta(x) = P(new | x) / P(replay | x)``, with the class prior ``n_new / n_replay`` divided out, so that beta = 1
-  wherever the two sets are indistinguishable, whatever the class counts.
+- ``beta(x) = P(new | x) / P(replay | x)``, by default with the class prior ``n_new / n_replay`` divided out, so that
+  beta = 1 wherever the two sets are indistinguishable, whatever the class counts. The authors' code uses the raw
+  odds of the fitted classifier (``prior_correction=False``): with 200 new rows against 400 replay rows every beta is
+  then half as large.
 - ``beta_clip = c`` caps beta at ``e^c`` (the authors clip the logit; Table 1's "beta clipping" values are this c);
   an optional floor zeroes small betas after the clip (the authors use 0.1).
 - ESS is computed over the replay samples that beta re-weights, and is 0 when every beta is 0.
@@ -13,13 +15,35 @@ of those weights sets the proximal coefficient ``lambda = 1 - ESS`` (Remark 3). 
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import warnings
+from typing import Literal
 
 import lightning as L
+import numpy as np
 import torch
 
-__all__ = ["PropensityClassifier", "effective_sample_size", "proximal_coefficient"]
+__all__ = ["PropensityClassifier", "effective_sample_size", "proximal_coefficient", "require_solver"]
+
+LBFGS_MAX_ITER = 2000
+"""The released code's ``max_iter`` of scikit-learn's lbfgs (their ``max_iter_logistic``)."""
+
+
+def require_solver(solver: str) -> str:
+    """Return ``solver`` if it is ``newton`` or ``lbfgs`` and can run here.
+
+    Raises:
+        ValueError: On another value, or for ``lbfgs`` without scikit-learn installed.
+    """
+    if solver not in ("newton", "lbfgs"):
+        raise ValueError(f"classifier solver must be 'newton' or 'lbfgs', got {solver!r}")
+    if solver == "lbfgs" and importlib.util.find_spec("sklearn") is None:
+        raise ValueError(
+            "classifier solver 'lbfgs' (the released code's scikit-learn fit) needs scikit-learn: "
+            "pip install scikit-learn, or use classifier_solver: newton"
+        )
+    return solver
 
 
 class PropensityClassifier(L.LightningModule):
@@ -43,6 +67,12 @@ class PropensityClassifier(L.LightningModule):
             the Eq. 19 updates).
         beta_floor: If given, betas below it (after the clip) are set to 0; the authors' code uses 0.1, the paper
             none. Must be >= 0.
+        prior_correction: Divide the odds by the class prior ``n_new / n_replay`` of the fit (this project's
+            default); ``False`` keeps the raw odds ``exp(w.x + b)``, as the authors' code does.
+        solver: ``newton`` (default): the exact optimum of Eq. 11 by Newton's method; ``lbfgs``: scikit-learn's
+            ``LogisticRegression(solver="lbfgs", max_iter=2000)`` as the released code calls it (stopping at its
+            default tolerance, about 1e-3 from the optimum in the coefficients), on float32 features with the
+            new task labelled -1; needs scikit-learn.
         max_iter: Maximum number of Newton iterations.
         tol: Stop when half the Newton decrement (the predicted decrease of the objective) falls below
             ``tol * C * n``, i.e. below ``tol`` on the scale of Eq. 11's mean loss; one more full step is then
@@ -59,6 +89,8 @@ class PropensityClassifier(L.LightningModule):
         beta_floor: float | None = None,
         max_iter: int = 100,
         tol: float = 1e-9,
+        prior_correction: bool = True,
+        solver: Literal["newton", "lbfgs"] = "newton",
     ) -> None:
         super().__init__()
         if not (math.isfinite(C) and C > 0):
@@ -78,6 +110,8 @@ class PropensityClassifier(L.LightningModule):
         self.beta_floor = None if beta_floor is None else float(beta_floor)
         self.max_iter = int(max_iter)
         self.tol = float(tol)
+        self.prior_correction = bool(prior_correction)
+        self.solver = require_solver(solver)
         # Fitted state: non-persistent buffers (follow .to(device), stay out of every state dict; DESIGN decision 4).
         self.register_buffer("weight", torch.zeros(0, dtype=torch.float64), persistent=False)
         self.register_buffer("bias", torch.zeros((), dtype=torch.float64), persistent=False)
@@ -100,7 +134,7 @@ class PropensityClassifier(L.LightningModule):
 
     @property
     def log_prior_ratio(self) -> float:
-        """``log(n_new / n_replay)``, the class-prior log-odds removed by :meth:`log_odds`."""
+        """``log(n_new / n_replay)``, the class-prior log-odds that :meth:`log_odds` removes if ``prior_correction``."""
         self._check_fitted()
         return math.log(self.n_new / self.n_replay)
 
@@ -108,8 +142,9 @@ class PropensityClassifier(L.LightningModule):
         """Fit the classifier afresh: "new" (label +1) against "replay" (label -1), Eq. 11.
 
         Full-batch Newton's method with a backtracking (Armijo) line search in float64, from ``w = 0, b = 0`` (as
-        scikit-learn). Needs no autograd, and runs outside inference mode so the fitted buffers are normal tensors
-        even when called under ``torch.inference_mode()`` (as Lightning's validation and test loops do).
+        scikit-learn), or scikit-learn's lbfgs (``solver="lbfgs"``). Needs no autograd, and runs outside inference
+        mode so the fitted buffers are normal tensors even when called under ``torch.inference_mode()`` (as
+        Lightning's validation and test loops do).
 
         Args:
             new_features: ``(n_new, d)`` features of new-task transitions.
@@ -148,29 +183,39 @@ class PropensityClassifier(L.LightningModule):
             )
             if not bool(torch.isfinite(x).all()):
                 raise ValueError("PropensityClassifier.fit: features contain NaN or inf")
-            n = n_new + n_rep
-            x_aug = torch.cat([x, torch.ones(n, 1, dtype=torch.float64, device=device)], dim=1)  # [x, 1] for b
-            target = torch.cat(
-                [
-                    torch.ones(n_new, dtype=torch.float64, device=device),
-                    torch.zeros(n_rep, dtype=torch.float64, device=device),
-                ]
-            )
-            sign = 2.0 * target - 1.0  # y = +1 new, -1 replay
-            theta, n_iter, converged = self._newton(x_aug, target, sign)
+            if self.solver == "lbfgs":
+                theta, n_iter, converged = _fit_lbfgs(new_features, replay_features, self.C)
+                theta = theta.to(device)
+            else:
+                theta, n_iter, converged = self._fit_newton(x, n_new, n_rep, device)
             # Still outside inference mode: the stored buffers must be normal tensors, usable anywhere later.
             self.weight = theta[:d].clone()
             self.bias = theta[d].clone()
 
         if not converged:
             warnings.warn(
-                f"PropensityClassifier: Newton's method did not converge in max_iter={self.max_iter} iterations",
+                f"PropensityClassifier: the {self.solver} fit did not converge in {n_iter} iterations",
                 RuntimeWarning,
                 stacklevel=2,
             )
         self.n_new, self.n_replay = int(n_new), int(n_rep)
         self.n_iter, self.converged = n_iter, converged
         return self
+
+    def _fit_newton(
+        self, x: torch.Tensor, n_new: int, n_rep: int, device: torch.device
+    ) -> tuple[torch.Tensor, int, bool]:
+        """Eq. 11 on float64 features ``x`` (new rows first) by Newton's method: (theta = [w, b], iters, ok)."""
+        n = n_new + n_rep
+        x_aug = torch.cat([x, torch.ones(n, 1, dtype=torch.float64, device=device)], dim=1)  # [x, 1] for b
+        target = torch.cat(
+            [
+                torch.ones(n_new, dtype=torch.float64, device=device),
+                torch.zeros(n_rep, dtype=torch.float64, device=device),
+            ]
+        )
+        sign = 2.0 * target - 1.0  # y = +1 new, -1 replay
+        return self._newton(x_aug, target, sign)
 
     def _objective(self, theta: torch.Tensor, x_aug: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
         """scikit-learn's objective ``0.5 ||w||^2 + C sum softplus(-y f)``; the intercept is not penalised."""
@@ -246,10 +291,11 @@ class PropensityClassifier(L.LightningModule):
         return torch.sigmoid(self._decision(features)).to(device=features.device, dtype=torch.float32)
 
     def log_odds(self, features: torch.Tensor) -> torch.Tensor:
-        """Prior-corrected ``log P(new | x) / P(replay | x)``, i.e. ``log beta(x)`` before clipping (Eq. 12).
+        """``log P(new | x) / P(replay | x)``, i.e. ``log beta(x)`` before clipping (Eq. 12).
 
-        The logistic fit absorbs the class prior ``n_new / n_replay`` into the intercept; it is removed here so that
-        log-odds are about 0 (beta about 1) where the two sets are indistinguishable (DESIGN decision 2).
+        The logistic fit absorbs the class prior ``n_new / n_replay`` into the intercept; with ``prior_correction``
+        it is removed here, so that log-odds are about 0 (beta about 1) where the two sets are indistinguishable
+        (DESIGN decision 2). Without it these are the fit's raw log-odds ``w.x + b``, the authors' ``-f(x)``.
 
         Args:
             features: ``(..., d)`` features.
@@ -257,7 +303,9 @@ class PropensityClassifier(L.LightningModule):
         Returns:
             ``(...)`` log-odds, float32 on the input's device.
         """
-        logit = self._decision(features) - self.log_prior_ratio
+        logit = self._decision(features)
+        if self.prior_correction:
+            logit = logit - self.log_prior_ratio
         return logit.to(device=features.device, dtype=torch.float32)
 
     def beta(self, features: torch.Tensor) -> torch.Tensor:
@@ -311,8 +359,30 @@ class PropensityClassifier(L.LightningModule):
     def extra_repr(self) -> str:
         return (
             f"C={self.C}, beta_clip={self.beta_clip}, beta_floor={self.beta_floor}, "
+            f"prior_correction={self.prior_correction}, solver={self.solver!r}, "
             f"d={self.num_features}, n_new={self.n_new}, n_replay={self.n_replay}"
         )
+
+
+def _fit_lbfgs(
+    new_features: torch.Tensor, replay_features: torch.Tensor, C: float
+) -> tuple[torch.Tensor, int, bool]:
+    """The released code's fit: scikit-learn's lbfgs on float32 features, new task -1, replay +1, new rows first.
+
+    Returns ``(theta, iterations, converged)`` with ``theta = [w, b]`` of the "new" logit (the negated
+    coefficients of scikit-learn's "replay" class), float64 on the CPU.
+    """
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
+    x = np.concatenate([f.detach().float().cpu().numpy() for f in (new_features, replay_features)])
+    y = np.concatenate([-np.ones(len(new_features)), np.ones(len(replay_features))])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # reported by PropensityClassifier.fit itself
+        model = LogisticRegression(solver="lbfgs", max_iter=LBFGS_MAX_ITER, C=C).fit(x, y)
+    theta = -torch.from_numpy(np.concatenate([model.coef_[0], model.intercept_]).astype(np.float64))
+    n_iter = int(model.n_iter_[0])
+    return theta, n_iter, n_iter < LBFGS_MAX_ITER
 
 
 def _solve_spd(matrix: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:

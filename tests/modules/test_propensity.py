@@ -61,6 +61,39 @@ def test_log_odds_are_prior_corrected_and_float32_on_input_device() -> None:
     torch.testing.assert_close(clf(feats), clf.beta(feats))
 
 
+def test_without_prior_correction_beta_is_the_raw_odds_of_the_released_code() -> None:
+    # 200 new rows against 400 replay rows, as the authors fit for HalfCheetah-Vel: every raw beta is the corrected
+    # beta times n_new / n_replay = 1/2 (below the clip), and is sklearn's exp(-f) with their labels (new = -1).
+    new, replay = gaussian(200, shifted_mean(0.8), seed=1), gaussian(400, 0.0, seed=2)
+    corrected = PropensityClassifier(C=0.1, beta_clip=5.0).fit(new, replay)
+    raw = PropensityClassifier(C=0.1, beta_clip=5.0, prior_correction=False).fit(new, replay)
+    feats = gaussian(300, 0.0, seed=3)
+    torch.testing.assert_close(raw.beta(feats).double() / corrected.beta(feats).double(),
+                               torch.full((300,), 0.5, dtype=torch.float64), rtol=1e-5, atol=0)
+    assert 0.3 < float(raw.beta(feats).mean()) < 0.6 < float(corrected.beta(feats).mean()) < 1.2
+    x = torch.cat([new, replay]).double().numpy()
+    labels = np.r_[-np.ones(200), np.ones(400)]  # theirs: new task -1, replay +1; f = their decision function
+    theirs = LogisticRegression(C=0.1, solver="lbfgs", max_iter=10000, tol=1e-10).fit(x, labels)
+    f = theirs.decision_function(feats.double().numpy())
+    np.testing.assert_allclose(raw.beta(feats).numpy(), np.exp(-np.maximum(f, -5.0)), rtol=1e-3)
+
+
+def test_lbfgs_solver_is_the_released_codes_scikit_learn_fit() -> None:
+    # Their call: LogisticRegression(solver="lbfgs", max_iter=2000, C) at its default tolerance, float32 features,
+    # new task -1 and replay +1; beta = exp(-max(f, -clip)).
+    new, replay = gaussian(200, shifted_mean(0.8), seed=1), gaussian(400, 0.0, seed=2)
+    clf = PropensityClassifier(C=0.1, beta_clip=1.0, prior_correction=False, solver="lbfgs").fit(new, replay)
+    x = torch.cat([new, replay]).numpy()
+    theirs = LogisticRegression(solver="lbfgs", max_iter=2000, C=0.1).fit(x, np.r_[-np.ones(200), np.ones(400)])
+    feats = gaussian(300, 0.0, seed=3)
+    f = theirs.decision_function(feats.numpy())
+    np.testing.assert_allclose(clf.beta(feats).numpy(), np.exp(-np.maximum(f, -1.0)), rtol=1e-6)
+    exact = PropensityClassifier(C=0.1, beta_clip=1.0, prior_correction=False).fit(new, replay)
+    assert 1e-6 < float((exact.weight - clf.weight).abs().max()) < 1e-2  # lbfgs stops short of the optimum
+    with pytest.raises(ValueError, match="'newton' or 'lbfgs'"):
+        PropensityClassifier(solver="sgd")
+
+
 def test_fit_leaves_no_trainable_or_persistent_state() -> None:
     clf = PropensityClassifier().fit(gaussian(30, 1.0, seed=1), gaussian(40, 0.0, seed=2))
     assert list(clf.parameters()) == []
