@@ -66,8 +66,8 @@ _RAND_VEC_SIZES: dict[str, int] = {}
 def benchmark_tasks(benchmark: str, seed: int, task_class: str | None = None) -> tuple[tuple[dict[str, Any], ...], ...]:
     """Meta-World's training and test tasks of a benchmark, as plain task dicts in Meta-World's order.
 
-    Built once per process and arguments: Meta-World resets an env 50 times per class to draw the goals (about 3 s
-    for ML1, 25 s for ML10, 75 s for ML45 on one core). Callers must not modify the returned dicts.
+    Built once per process and arguments: Meta-World resets an env 50 times per class to draw the goals (2-5 s
+    for ML1, ~15 s for ML10, ~50 s for ML45 on one core). Callers must not modify the returned dicts.
 
     Args:
         benchmark: ``"ML1"``, ``"ML10"`` or ``"ML45"``.

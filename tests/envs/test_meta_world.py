@@ -6,6 +6,7 @@ Skipped where Meta-World is not installed (``pip install ".[metaworld]"``; CI in
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ metaworld = pytest.importorskip("metaworld")
 
 import mujoco  # noqa: E402
 
+from mql_lightning.cli import main  # noqa: E402
 from mql_lightning.envs import make_env, make_task_splits  # noqa: E402
 from mql_lightning.envs.meta_world import TEST_GOALS_PER_CLASS  # noqa: E402
 from mql_lightning.envs.meta_world_compat import LEGACY_EQ_DATA_WIDTH  # noqa: E402
@@ -143,6 +145,18 @@ def test_an_unknown_task_class_is_a_one_line_value_error_naming_the_classes() ->
     with pytest.raises(ValueError, match=expected) as e:
         make_env("mql/MetaWorld-ML1-v0", task_class="reach-v9")
     assert "\n" not in str(e.value)
+
+
+def test_an_unknown_task_class_on_the_command_line_is_one_error_line_and_writes_nothing(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exited:
+        main(["fit", "--data.env_id=mql/MetaWorld-ML1-v0", '--data.env_kwargs={"task_class": "nope-v3"}'])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2
+    assert err.startswith("mql: error: unknown Meta-World task class 'nope-v3'") and err.count("\n") == 1
+    assert not list(tmp_path.iterdir())
 
 
 def test_a_bad_task_seed_is_rejected() -> None:
