@@ -61,8 +61,9 @@ def test_families_without_a_success_flag_log_no_success(trained_run: Path) -> No
 
 def test_an_episode_succeeds_when_any_step_reports_success() -> None:
     pytest.importorskip("metaworld")
-    collector = Collector(lambda: make_env("mql/MetaWorld-ML1-v0", task_class="reach-v3"), 39, 4, 3)
-    task = collector._env(0).unwrapped.sample_tasks(1, 0)[0]
+    make_reach = lambda: make_env("mql/MetaWorld-ML1-v0", task_class="reach-v3")  # noqa: E731
+    collector = Collector(make_reach, 39, 4, 3)
+    task = make_reach().unwrapped.sample_tasks(1, 0)[0]
     goal = torch.tensor(task["rand_vec"][3:], dtype=torch.float32)  # reach's goal position, hidden from the policy
 
     def reach(obs: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
