@@ -11,6 +11,7 @@ the run directory are one curve: the mean over seeds with a band from the lowest
 
 * ``return.png``: validation return (after adaptation) against environment steps, and dashed the return before
   adaptation: the pre-adaptation curve of an MQL run is TD3-context (same meta-training, no adaptation);
+* ``success.png``: the same for the success rate, when the runs have one (Meta-World);
 * ``adaptation.png``: lambda, ESS and mean beta of every validation task over training (thin lines: tasks of the
   first seed; thick: mean over tasks and seeds);
 * ``summary.csv``: the plotted numbers (step, curve, seeds, mean / min / max of every statistic), small enough to
@@ -36,8 +37,9 @@ from typing import Any
 import numpy as np
 import yaml
 
-STATS = ("return", "return_pre_adapt", "lambda", "ess", "beta_mean")
+STATS = ("return", "return_pre_adapt", "lambda", "ess", "beta_mean", "success", "success_pre_adapt")
 """Validation statistics read from the logs (``val/<name>`` and ``val/task_<k>/<name>``)."""
+_SUCCESS_STATS = ("success", "success_pre_adapt")
 _TASK_COLUMN = re.compile(r"^val/task_(\d+)/(\w+)$")
 # Parts of a run's config that differ between seeds of one experiment, not between experiments.
 _PER_RUN_KEYS = ("seed_everything", "ckpt_path")
@@ -145,24 +147,10 @@ def plot(curves: Sequence[Curve], out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for k, curve in enumerate(curves):
-        color = colors[k % len(colors)]
-        seeds = f" ({len(curve.runs)} seeds)" if len(curve.runs) > 1 else ""
-        _band(ax, *curve.aggregate("return"), color, f"{curve.label}{seeds}", "-")
-        steps, pre = curve.aggregate("return_pre_adapt")
-        _, post = curve.aggregate("return")
-        if not np.allclose(pre, post, equal_nan=True):  # adaptation ran: its starting point is TD3-context
-            _band(ax, steps, pre, color, f"{curve.label}: before adaptation (TD3-context)", "--")
-    ax.set_xlabel("environment steps")
-    ax.set_ylabel("validation return")
-    ax.set_title("Return on validation tasks")
-    ax.legend(fontsize="small")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    paths = [out / "return.png"]
-    fig.savefig(paths[0], dpi=120)
-    plt.close(fig)
+    paths = [_plot_before_after(plt, curves, colors, "return", "return", out / "return.png")]
+    stats = STATS if _has_success(curves) else tuple(s for s in STATS if s not in _SUCCESS_STATS)
+    if stats == STATS:
+        paths.append(_plot_before_after(plt, curves, colors, "success", "success rate", out / "success.png"))
 
     adapted = [c for c in curves if not np.all(np.isnan(c.aggregate("lambda")[1]))]
     if adapted:
@@ -190,10 +178,39 @@ def plot(curves: Sequence[Curve], out: Path) -> list[Path]:
         plt.close(fig)
 
     paths.append(out / "summary.csv")
-    _write_summary(curves, paths[-1])
+    _write_summary(curves, paths[-1], stats)
     paths.append(out / "runs.csv")
-    _write_runs(curves, paths[-1])
+    _write_runs(curves, paths[-1], stats)
     return paths
+
+
+def _plot_before_after(
+    plt: Any, curves: Sequence[Curve], colors: list[str], stat: str, what: str, path: Path
+) -> Path:
+    """One validation statistic after adaptation against environment steps, and dashed before adaptation."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for k, curve in enumerate(curves):
+        color = colors[k % len(colors)]
+        seeds = f" ({len(curve.runs)} seeds)" if len(curve.runs) > 1 else ""
+        _band(ax, *curve.aggregate(stat), color, f"{curve.label}{seeds}", "-")
+        steps, pre = curve.aggregate(f"{stat}_pre_adapt")
+        _, post = curve.aggregate(stat)
+        if not np.allclose(pre, post, equal_nan=True):  # adaptation ran: its starting point is TD3-context
+            _band(ax, steps, pre, color, f"{curve.label}: before adaptation (TD3-context)", "--")
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel(f"validation {what}")
+    ax.set_title(f"{what[0].upper()}{what[1:]} on validation tasks")
+    ax.legend(fontsize="small")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _has_success(curves: Sequence[Curve]) -> bool:
+    """Whether any run logged a success rate (families without a success flag log none)."""
+    return any(not np.all(np.isnan(run.values["success"])) for curve in curves for run in curve.runs)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -244,12 +261,12 @@ def _experiment(config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
-def _write_summary(curves: Sequence[Curve], path: Path) -> None:
+def _write_summary(curves: Sequence[Curve], path: Path, stats: Sequence[str]) -> None:
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["curve", "seeds", "step", *(f"{s}_{a}" for s in STATS for a in ("mean", "min", "max"))])
+        writer.writerow(["curve", "seeds", "step", *(f"{s}_{a}" for s in stats for a in ("mean", "min", "max"))])
         for curve in curves:
-            columns = [curve.aggregate(stat) for stat in STATS]
+            columns = [curve.aggregate(stat) for stat in stats]
             for i, step in enumerate(columns[0][0]):
                 row: list[Any] = [curve.label, len(curve.runs), int(step)]
                 for _, values in columns:
@@ -259,14 +276,14 @@ def _write_summary(curves: Sequence[Curve], path: Path) -> None:
                 writer.writerow(row)
 
 
-def _write_runs(curves: Sequence[Curve], path: Path) -> None:
+def _write_runs(curves: Sequence[Curve], path: Path, stats: Sequence[str]) -> None:
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["curve", "run", "seed", "step", *STATS])
+        writer.writerow(["curve", "run", "seed", "step", *stats])
         for curve in curves:
             for run in curve.runs:
                 for i, step in enumerate(run.steps):
-                    cells = [run.values[stat][i] for stat in STATS]
+                    cells = [run.values[stat][i] for stat in stats]
                     writer.writerow([curve.label, run.path, run.seed, step,
                                      *("" if math.isnan(v) else f"{v:.4f}" for v in cells)])
 

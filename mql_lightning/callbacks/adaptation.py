@@ -28,9 +28,10 @@ class AdaptationCallback(L.Callback):
     After the model has evaluated the meta-policy on a held-out task (``<split>/return_pre_adapt``), this callback
     runs Alg. 2 on a copy of the agent (:func:`mql_lightning.adaptation.adapt_agent`), evaluates the adapted policy
     on the same start states, and logs ``<split>/return`` with ``ess``, ``lambda``, ``beta_mean`` and
-    ``classifier_accuracy``, per task (``val/task_3/lambda``) and averaged over tasks. It adapts to every task the
-    validation evaluates (the DataModule's ``tasks_per_validation``, so that before and after average over the same
-    tasks) and, under ``mql test``, to every test task; it then prints a per-task table and, when the run has a
+    ``classifier_accuracy``, per task (``val/task_3/lambda``) and averaged over tasks; for a family with a success
+    flag (Meta-World) also ``<split>/success`` beside the model's ``<split>/success_pre_adapt``. It adapts to every
+    task the validation evaluates (the DataModule's ``tasks_per_validation``, so that before and after average over
+    the same tasks) and, under ``mql test``, to every test task; it then prints a per-task table and, when the run has a
     logger, writes it to ``test_results.csv`` / ``.json`` in the run directory.
 
     Under several processes (DESIGN decision 12) each rank adapts to its own share of the held-out tasks, against
@@ -106,16 +107,19 @@ class AdaptationCallback(L.Callback):
     def _adapt_and_log(
         self, trainer: L.Trainer, pl_module: L.LightningModule, split: str, index: int, outputs: Any
     ) -> dict[str, Any]:
-        pre = float(outputs["return_pre_adapt"])
-        row: dict[str, Any] = {"task": index, "return_pre_adapt": pre}
+        # return_pre_adapt, and success_pre_adapt for a family with a success flag (Meta-World).
+        pre = {name: float(value) for name, value in outputs.items()}
+        row: dict[str, Any] = {"task": index, **pre}
         replay = getattr(trainer.datamodule, "replay", None)
         if not self.enabled or replay is None or replay.num_transitions() == 0:
             # Nothing to adapt with before any meta-training data exists (the validation at step 0).
-            pl_module.record_eval(split, index, {"return": pre})
-            return {**row, "return": pre}
+            same = {name.removesuffix("_pre_adapt"): value for name, value in pre.items()}
+            pl_module.record_eval(split, index, same)
+            return {**row, **same}
         result = self.adapt(trainer.datamodule, pl_module.agent, split, index)
-        post = trainer.datamodule.evaluate(acting_policy(result.agent), split, index)["return"]
-        metrics = {"return": post, **result.metrics()}
+        stats = trainer.datamodule.evaluate(acting_policy(result.agent), split, index)
+        metrics = {name: stats[name] for name in ("return", "success") if name in stats}
+        metrics.update(result.metrics())
         pl_module.record_eval(split, index, metrics)
         return {**row, **metrics}
 

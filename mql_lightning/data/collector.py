@@ -21,7 +21,9 @@ class Episode:
     """One finished episode on one task, ready for :meth:`EpisodeReplay.add_episode`.
 
     ``histories`` holds the context window the policy was given at each step (only when asked for);
-    ``start_action`` the random action of the start entry ``e_-1`` (only where windows hold that entry).
+    ``start_action`` the random action of the start entry ``e_-1`` (only where windows hold that entry). ``success``
+    is whether ``info["success"]`` was true at any step (Meta-World's success criterion), ``None`` when the env
+    reports no success flag.
     """
 
     task: int
@@ -32,6 +34,7 @@ class Episode:
     terminated: np.ndarray
     histories: np.ndarray | None = None
     start_action: np.ndarray | None = None
+    success: bool | None = None
 
     @property
     def length(self) -> int:
@@ -163,7 +166,8 @@ class Collector:
                 entries[rows, row, :a_dim] = actions
                 finished = False
                 for i, action in zip(running, actions, strict=True):
-                    o2, r, terminated, truncated, _ = envs[i].step(action)
+                    o2, r, terminated, truncated, info = envs[i].step(action)
+                    trace.record_success(i, info.get("success"))
                     entries[i, row, a_dim] = r
                     entries[i, row + 1, a_dim + 1 :] = o2  # o_{t+1}: next_obs of step t and obs of step t + 1
                     if terminated or truncated or t + 1 == max_steps:
@@ -230,6 +234,13 @@ class _Trace:
         self.entries = np.zeros((n, history_length + self.capacity + 1, action_dim + 1 + obs_dim), dtype=np.float32)
         self.terminated = np.zeros((n, self.capacity), dtype=bool)
         self.lengths = np.zeros(n, dtype=np.int64)
+        # Per episode: None until the env reports a success flag, then whether any step reported success.
+        self.success: list[bool | None] = [None] * n
+
+    def record_success(self, i: int, flag: Any) -> None:
+        """Note one step's ``info["success"]`` (``None``: the env has no success flag) for episode ``i``."""
+        if flag is not None:
+            self.success[i] = bool(self.success[i]) or bool(flag)
 
     def reserve(self, t: int) -> None:
         """Make room for step ``t`` (rows ``H + t`` and ``H + t + 1``), doubling the capacity when it runs out."""
@@ -260,4 +271,5 @@ class _Trace:
             terminated=self.terminated[i, :length].copy(),
             histories=histories,
             start_action=rows[h - 1, :a].copy() if self.start_entry else None,
+            success=self.success[i],
         )

@@ -421,16 +421,20 @@ class MetaRLDataModule(L.LightningDataModule):
         training RNG), so successive validations compare like with like and never perturb training.
 
         Returns:
-            ``{"return": mean undiscounted return, "length": mean episode length}``.
+            ``{"return": mean undiscounted return, "length": mean episode length}``, and ``"success"``, the fraction
+            of episodes with ``info["success"]`` at some step, when the family reports a success flag (Meta-World).
         """
         episodes = self._eval_collector.rollout(
             [self.task(split, index)] * self.eval_episodes, [index] * self.eval_episodes,
             self.rng_for("eval", split, index), policy,
         )
-        return {
+        stats = {
             "return": float(np.mean([ep.ret for ep in episodes])),
             "length": float(np.mean([ep.length for ep in episodes])),
         }
+        if all(ep.success is not None for ep in episodes):
+            stats["success"] = float(np.mean([ep.success for ep in episodes]))
+        return stats
 
     # ---------------------------------------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:

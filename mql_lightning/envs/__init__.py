@@ -27,6 +27,10 @@ _FAMILIES: dict[str, tuple[str, int]] = {
     "mql/AntGoal-v0": ("mql_lightning.envs.ant:AntGoalEnv", 200),
     "mql/HumanoidDir-v0": ("mql_lightning.envs.humanoid:HumanoidDirEnv", 200),
     "mql/Walker2DParams-v0": ("mql_lightning.envs.walker:Walker2DParamsEnv", 200),
+    # Meta-World (the optional `metaworld` extra): 500 steps is Meta-World's own episode length (max_path_length).
+    "mql/MetaWorld-ML1-v0": ("mql_lightning.envs.meta_world:MetaWorldML1Env", 500),
+    "mql/MetaWorld-ML10-v0": ("mql_lightning.envs.meta_world:MetaWorldML10Env", 500),
+    "mql/MetaWorld-ML45-v0": ("mql_lightning.envs.meta_world:MetaWorldML45Env", 500),
 }
 
 for _env_id, (_entry_point, _max_steps) in _FAMILIES.items():
@@ -55,8 +59,8 @@ def make_env(env_id: str, **kwargs: Any) -> gymnasium.Env:
         The wrapped env (``TimeLimit`` and gymnasium's default wrappers); ``env.unwrapped`` is a :class:`MetaEnv`.
 
     Raises:
-        ValueError: If ``env_id`` is not registered, does not name a meta-RL task family, or its constructor does
-            not take one of ``kwargs``.
+        ValueError: If ``env_id`` is not registered, does not name a meta-RL task family, its constructor does
+            not take one of ``kwargs``, or it needs a package that is not installed (Meta-World).
     """
     try:
         env = gymnasium.make(env_id, **kwargs)
@@ -68,6 +72,9 @@ def make_env(env_id: str, **kwargs: Any) -> gymnasium.Env:
             raise
         # A keyword the family's constructor does not take: a config mistake (data.env_kwargs), not a bug.
         raise ValueError(f"task family {env_id!r} does not accept the keyword arguments {kwargs}: {err}") from err
+    except ImportError as err:
+        # An optional dependency of the family (the message says which and how to install it), not a bug.
+        raise ValueError(f"task family {env_id!r} cannot be loaded: {err}") from err
     if not isinstance(env.unwrapped, MetaEnv):
         env.close()
         # The id (a value) names the wrong kind of env, hence ValueError, as for an unknown id.

@@ -21,6 +21,8 @@ __all__ = ["MetaEnv", "is_finite_real", "to_plain"]
 
 #: Region every family supports: its normal task distribution.
 ALL_REGION = "all"
+#: Regions of a family that comes with its benchmark's own task splits (:attr:`MetaEnv.benchmark_splits`).
+SPLIT_REGIONS = ("train", "val", "test")
 
 
 def to_plain(value: Any) -> Any:
@@ -65,11 +67,15 @@ class MetaEnv(gymnasium.Env, metaclass=abc.ABCMeta):
             paper, is validated and tested on its training tasks instead of held-out ones.
         renamed_task_keys: Task keys of earlier versions and what replaced them, ``{old: (new, meaning)}``: a task
             with an old key is refused with a message saying what to write instead.
+        benchmark_splits: The family's benchmark defines which tasks are for training and which are held out
+            (Meta-World): it has the regions ``"train"``, ``"val"`` and ``"test"`` (:data:`SPLIT_REGIONS`), from
+            which :func:`~mql_lightning.envs.tasks.make_task_splits` takes each split, instead of slicing one draw.
     """
 
     ood_regions: tuple[str, ...] = ()
     eval_on_train_tasks: bool = False
     renamed_task_keys: ClassVar[dict[str, tuple[str, str]]] = {}
+    benchmark_splits: bool = False
     _task: dict[str, Any]
 
     @classmethod
@@ -77,9 +83,10 @@ class MetaEnv(gymnasium.Env, metaclass=abc.ABCMeta):
         """The task regions this family can sample from.
 
         Returns:
-            ``("all",)`` followed by :attr:`ood_regions`.
+            ``("all",)`` followed by :attr:`ood_regions` and, for a family with :attr:`benchmark_splits`,
+            :data:`SPLIT_REGIONS`.
         """
-        return (ALL_REGION, *cls.ood_regions)
+        return (ALL_REGION, *cls.ood_regions, *(SPLIT_REGIONS if cls.benchmark_splits else ()))
 
     def sample_tasks(self, n: int, seed: int, region: str = ALL_REGION) -> list[dict[str, Any]]:
         """Draw ``n`` tasks from one region of the family's task space.
@@ -90,7 +97,7 @@ class MetaEnv(gymnasium.Env, metaclass=abc.ABCMeta):
         Args:
             n: Number of tasks, ``>= 0``.
             seed: Seed of the task draw (the *task* seed, independent of any run seed).
-            region: ``"all"`` for the family's normal distribution, or one of :attr:`ood_regions`.
+            region: ``"all"`` for the family's normal distribution, or another of :meth:`regions`.
 
         Returns:
             ``n`` tasks as plain dicts of Python floats and lists of floats.

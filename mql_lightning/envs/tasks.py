@@ -9,7 +9,7 @@ from typing import Any
 import gymnasium
 import numpy as np
 
-from mql_lightning.envs.base import MetaEnv
+from mql_lightning.envs.base import SPLIT_REGIONS, MetaEnv
 
 __all__ = ["TaskSplits", "make_task_splits"]
 
@@ -58,7 +58,9 @@ def make_task_splits(
     In-distribution, one draw of ``num_train + num_val + num_test`` tasks from region ``"all"`` with ``seed`` is
     sliced in order train, val, test. Out-of-distribution, train comes from ``"ood_train"`` and val + test from one
     draw from ``"ood_test"`` (sliced val, test), each draw with its own child of ``np.random.SeedSequence(seed)``.
-    Either way the splits depend on the task seed alone, not on any run seed.
+    A family with its benchmark's own splits (:attr:`MetaEnv.benchmark_splits`, e.g. Meta-World) gives each split
+    from its region of the same name, with ``seed``. Either way the splits depend on the task seed alone, not on any
+    run seed.
 
     Args:
         env: A task-family env, possibly wrapped (its ``unwrapped`` must be a :class:`MetaEnv`).
@@ -73,8 +75,8 @@ def make_task_splits(
 
     Raises:
         TypeError: If ``env.unwrapped`` is not a :class:`MetaEnv`.
-        ValueError: If a count is negative, ``num_train`` is 0, the family has no OOD regions and ``ood`` is set,
-            a split would get fewer tasks than asked, or two splits share a task.
+        ValueError: If a count is negative, ``num_train`` is 0, the family has no OOD regions (or its benchmark's own
+            splits) and ``ood`` is set, a split would get fewer tasks than asked, or two splits share a task.
     """
     family = env.unwrapped
     if not isinstance(family, MetaEnv):
@@ -92,14 +94,19 @@ def make_task_splits(
         # The paper evaluates the two-task direction families on the tasks they train on.
         train = family.sample_tasks(num_train, seed, "all")
         return TaskSplits(train=train, val=train[:num_val], test=train[:num_test], held_out=False)
-    if ood:
+    if family.benchmark_splits:
+        if ood:
+            raise ValueError(f"{type(family).__name__} has its benchmark's own held-out tasks; data.ood does not apply")
+        counts_by_region = zip((num_train, num_val, num_test), SPLIT_REGIONS, strict=True)
+        train, val, test = (family.sample_tasks(count, seed, region) for count, region in counts_by_region)
+    elif ood:
         train_seq, eval_seq = np.random.SeedSequence(seed).spawn(2)
         train = family.sample_tasks(num_train, _int_seed(train_seq), "ood_train")
         held_out = family.sample_tasks(num_val + num_test, _int_seed(eval_seq), "ood_test")
+        val, test = held_out[:num_val], held_out[num_val : num_val + num_test]
     else:
         drawn = family.sample_tasks(num_train + num_val + num_test, seed, "all")
-        train, held_out = drawn[:num_train], drawn[num_train:]
-    val, test = held_out[:num_val], held_out[num_val : num_val + num_test]
+        train, val, test = drawn[:num_train], drawn[num_train : num_train + num_val], drawn[num_train + num_val :]
 
     # A family with a finite task set may return fewer tasks than asked; fail loudly rather than run short.
     for name, split, count in (("train", train, num_train), ("val", val, num_val), ("test", test, num_test)):

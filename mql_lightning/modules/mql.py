@@ -16,8 +16,11 @@ from torchmetrics import MeanMetric
 from mql_lightning.data.replay import ReplayBatch
 from mql_lightning.modules.td3 import TD3Agent, td3_update
 
-EVAL_METRICS = ("return", "return_pre_adapt", "ess", "lambda", "beta_mean", "classifier_accuracy")
-"""What is logged per held-out task: return after and before adaptation, ESS, lambda, mean beta, classifier accuracy."""
+EVAL_METRICS = (
+    "return", "return_pre_adapt", "ess", "lambda", "beta_mean", "classifier_accuracy", "success", "success_pre_adapt",
+)
+"""What is logged per held-out task: return after and before adaptation, ESS, lambda, mean beta, classifier accuracy,
+and, for families with a success flag (Meta-World), the success rate after and before adaptation."""
 
 
 class NonFiniteError(FloatingPointError):
@@ -230,8 +233,10 @@ class MQL(L.LightningModule):
 
     def _evaluate(self, split: str, index: int) -> dict[str, float]:
         stats = self.trainer.datamodule.evaluate(self.act, split, index)
-        self.record_eval(split, index, {"return_pre_adapt": stats["return"]})
-        return {"return_pre_adapt": stats["return"]}
+        # The success rate only where the family reports success: no meaningless zeros for the others.
+        metrics = {f"{name}_pre_adapt": stats[name] for name in ("return", "success") if name in stats}
+        self.record_eval(split, index, metrics)
+        return metrics
 
     def record_eval(self, split: str, task: int, metrics: dict[str, float]) -> None:
         """Log evaluation numbers of one held-out task, per task and aggregated over tasks (and ranks).
