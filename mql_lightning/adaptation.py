@@ -37,6 +37,7 @@ from torch import nn
 
 from mql_lightning import interrupt
 from mql_lightning.data.collector import Collector
+from mql_lightning.data.contracts import AdaptationData
 from mql_lightning.data.replay import EpisodeReplay, HistoryPadding, ReplayBatch
 from mql_lightning.modules.losses import proximal_term
 from mql_lightning.modules.propensity import (
@@ -53,7 +54,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Adaptation", "AdaptationConfig", "AdaptationResult", "AdaptedPolicy", "UpdateRecord", "acting_policy", "adapt",
-    "adapt_agent", "classifier_rows", "collect_adaptation_data",
+    "adapt_agent", "adapt_to_task", "classifier_rows", "collect_adaptation_data",
 ]
 
 # The authors' guard on lambda = 1 - ESS per minibatch: at or below it (every beta equal) they keep the constant.
@@ -410,6 +411,31 @@ def adapt_agent(
         return run.result(n_new)
 
 
+def adapt_to_task(
+    meta_agent: TD3Agent, data: AdaptationData, task: dict, config: AdaptationConfig, rng: np.random.Generator
+) -> AdaptationResult:
+    """Alg. 2 on one task of a DataModule's family: collect its adaptation data, then steps 2-5 (:func:`adapt_agent`).
+
+    The one adaptation path of the adaptation callback (validation, ``mql test``) and of :func:`adapt`.
+
+    Args:
+        meta_agent: theta_meta (not changed).
+        data: The DataModule: the task family, the window settings and the meta-training replay.
+        task: The task, a dict of the family's task keys.
+        config: Adaptation settings.
+        rng: The adaptation's own random stream: the collection draws from it, and the minibatches and target noise
+            from a generator seeded from it.
+
+    Returns:
+        The adapted agent and the adaptation's statistics.
+    """
+    generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+    new_data = collect_adaptation_data(
+        data.make_env, meta_agent, task, data.history_length, config, rng, data.history_padding, data.exploration_noise,
+    )
+    return adapt_agent(meta_agent, data.replay, new_data, config, generator, data.task_weighting)
+
+
 def adapt(
     model: MQL, datamodule: MetaRLDataModule, task: dict, config: AdaptationConfig | None = None, seed: int = 0
 ) -> AdaptedPolicy:
@@ -434,14 +460,8 @@ def adapt(
     Returns:
         The adapted policy; ``policy.result`` holds ESS, lambda, mean beta and the classifier's accuracy.
     """
-    config = config or AdaptationConfig()
     rng = np.random.default_rng(seed)
-    generator = torch.Generator().manual_seed(seed)
-    new_data = collect_adaptation_data(
-        datamodule.make_env, model.agent, task, datamodule.history_length, config, rng, datamodule.history_padding,
-        datamodule.exploration_noise,
-    )
-    result = adapt_agent(model.agent, datamodule.replay, new_data, config, generator, datamodule.task_weighting)
+    result = adapt_to_task(model.agent, datamodule, task, config or AdaptationConfig(), rng)
     growing = datamodule.eval_window == "growing"
     return AdaptedPolicy(
         result.agent, datamodule.eval_history_length, result, datamodule.history_padding, datamodule.exploration_noise,

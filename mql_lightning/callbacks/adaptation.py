@@ -13,20 +13,15 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from mql_lightning.adaptation import (
-    AdaptationConfig,
-    AdaptationResult,
-    acting_policy,
-    adapt_agent,
-    collect_adaptation_data,
-)
+from mql_lightning.adaptation import AdaptationConfig, acting_policy, adapt_to_task
+from mql_lightning.data.contracts import AdaptationData, MetaLearner, require
 
 
 class AdaptationCallback(L.Callback):
     """Adapts the meta-trained agent to held-out tasks and logs what happened, task by task.
 
     After the model has evaluated the meta-policy on a held-out task (``<split>/return_pre_adapt``), this callback
-    runs Alg. 2 on a copy of the agent (:func:`mql_lightning.adaptation.adapt_agent`), evaluates the adapted policy
+    runs Alg. 2 on a copy of the agent (:func:`mql_lightning.adaptation.adapt_to_task`), evaluates the adapted policy
     on the same start states, and logs ``<split>/return`` with ``ess``, ``lambda``, ``beta_mean`` and
     ``classifier_accuracy``, per task (``val/task_3/lambda``) and averaged over tasks; for a family with a success
     flag (Meta-World) also ``<split>/success`` beside the model's ``<split>/success_pre_adapt``. It adapts to every
@@ -34,9 +29,9 @@ class AdaptationCallback(L.Callback):
     the same tasks) and, under ``mql test``, to every test task; it then prints a per-task table and, when the run has a
     logger, writes it to ``test_results.csv`` / ``.json`` in the run directory.
 
-    Under several processes (DESIGN decision 12) each rank adapts to its own share of the held-out tasks, against
-    the meta-training replay it holds (its shard: the transitions of its own training tasks); the table gathers
-    every rank's rows.
+    Under several processes (``docs/design.md#several-processes``) each rank adapts to its own share of the held-out
+    tasks, against the meta-training replay it holds (its shard: the transitions of its own training tasks); the table
+    gathers every rank's rows.
 
     Args:
         enabled: ``False`` evaluates without adaptation: TD3-context (``return`` equals ``return_pre_adapt``).
@@ -110,32 +105,25 @@ class AdaptationCallback(L.Callback):
         # return_pre_adapt, and success_pre_adapt for a family with a success flag (Meta-World).
         pre = {name: float(value) for name, value in outputs.items()}
         row: dict[str, Any] = {"task": index, **pre}
-        replay = getattr(trainer.datamodule, "replay", None)
-        if not self.enabled or replay is None or replay.num_transitions() == 0:
+        data = require(trainer.datamodule, AdaptationData, "DataModule")
+        learner = require(pl_module, MetaLearner, "LightningModule")
+        if not self.enabled or data.replay is None or data.replay.num_transitions() == 0:
             # Nothing to adapt with before any meta-training data exists (the validation at step 0).
             same = {name.removesuffix("_pre_adapt"): value for name, value in pre.items()}
-            pl_module.record_eval(split, index, same)
+            learner.record_eval(split, index, same)
             return {**row, **same}
-        result = self.adapt(trainer.datamodule, pl_module.agent, split, index)
-        stats = trainer.datamodule.evaluate(acting_policy(result.agent), split, index)
+        # Alg. 2 with the task's own random stream: adapting never changes the training run.
+        task, rng = data.task(split, index), data.rng_for("adapt", split, index)
+        result = adapt_to_task(learner.agent, data, task, self.settings, rng)
+        stats = data.evaluate(acting_policy(result.agent), split, index)
         metrics = {name: stats[name] for name in ("return", "success") if name in stats}
         metrics.update(result.metrics())
-        pl_module.record_eval(split, index, metrics)
+        learner.record_eval(split, index, metrics)
         return {**row, **metrics}
-
-    def adapt(self, datamodule: Any, agent: Any, split: str, index: int) -> AdaptationResult:
-        """Alg. 2 for one held-out task of ``datamodule``, with that task's own random streams."""
-        rng = datamodule.rng_for("adapt", split, index)
-        generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
-        new_data = collect_adaptation_data(
-            datamodule.make_env, agent, datamodule.task(split, index), datamodule.history_length, self.settings, rng,
-            datamodule.history_padding, datamodule.exploration_noise,
-        )
-        return adapt_agent(agent, datamodule.replay, new_data, self.settings, generator, datamodule.task_weighting)
 
 
 def _gather_rows(trainer: L.Trainer, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The results rows of every rank, by task (each rank adapted to its share of the tasks; DESIGN decision 12)."""
+    """The results rows of every rank, by task (each rank adapted to its share of the tasks)."""
     if trainer.world_size == 1 or not torch.distributed.is_available() or not torch.distributed.is_initialized():
         return rows
     gathered: list[list[dict[str, Any]] | None] = [None] * torch.distributed.get_world_size()

@@ -15,6 +15,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from mql_lightning import interrupt, lightning_internals
+from mql_lightning.data.contracts import CheckpointedData, MetaLearner, require
 from mql_lightning.data.side_file import (
     atomic_save,
     drop_previous,
@@ -198,9 +199,8 @@ class ReplayCheckpoint(ModelCheckpoint):
             filepath: The ``.ckpt`` to write.
             checkpoint: What to write; ``None`` for the current state (``ModelCheckpoint``'s own save).
         """
-        check_finite = getattr(trainer.lightning_module, "check_finite", None)
-        if callable(check_finite):
-            check_finite()  # raises before anything is written: a diverged state never replaces a good one
+        # Raises before anything is written: a diverged state never replaces a good one.
+        require(trainer.lightning_module, MetaLearner, "LightningModule").check_finite()
         side = self._save_side_file(trainer, filepath)
         if checkpoint is None:
             super()._save_checkpoint(trainer, filepath)
@@ -216,8 +216,8 @@ class ReplayCheckpoint(ModelCheckpoint):
 
     def _save_side_file(self, trainer: L.Trainer, filepath: str) -> Path | None:
         """Replace this rank's side file of ``filepath``, keeping the previous one until the ``.ckpt`` is replaced."""
-        datamodule = trainer.datamodule
-        replay = getattr(datamodule, "replay", None)
+        datamodule = require(trainer.datamodule, CheckpointedData, "DataModule")
+        replay = datamodule.replay
         if replay is None:
             return None
         rank, world_size = trainer.global_rank, trainer.world_size
@@ -284,8 +284,7 @@ class ReplayCheckpoint(ModelCheckpoint):
             self._save_pair(trainer, filepath, lightning_internals.dump_checkpoint(trainer, self.save_weights_only))
         self._before_validation = None
         if trainer.is_global_zero:
-            progress = getattr(trainer.datamodule, "progress", None)
-            where = f" at environment step {progress.env_steps}" if progress is not None else ""
+            where = f" at environment step {_data(trainer).progress.env_steps}"
             sides = [replay_path(filepath, rank, trainer.world_size).name for rank in range(trainer.world_size)]
             saved = " and ".join([filepath, *sides])
             print(
@@ -296,20 +295,21 @@ class ReplayCheckpoint(ModelCheckpoint):
             )
 
 
+def _data(trainer: L.Trainer) -> CheckpointedData:
+    return require(trainer.datamodule, CheckpointedData, "DataModule")
+
+
 def _state_of(trainer: L.Trainer) -> tuple[int, int]:
     """What identifies a training state: optimiser steps and environment steps."""
-    progress = getattr(trainer.datamodule, "progress", None)
-    return trainer.global_step, progress.env_steps if progress is not None else -1
+    return trainer.global_step, _data(trainer).progress.env_steps
 
 
-def _shard(trainer: L.Trainer, datamodule: Any) -> dict[str, Any] | None:
+def _shard(trainer: L.Trainer, datamodule: CheckpointedData) -> dict[str, Any] | None:
     """What a rank's side file records besides its replay under several processes; ``None`` on one device."""
     if trainer.world_size == 1:
         return None
-    streams = {"datamodule": datamodule.rank_state_dict()}
-    module = trainer.lightning_module
-    if hasattr(module, "rank_state_dict"):
-        streams["model"] = module.rank_state_dict()
+    model = require(trainer.lightning_module, MetaLearner, "LightningModule")
+    streams = {"datamodule": datamodule.rank_state_dict(), "model": model.rank_state_dict()}
     return {
         "rank": trainer.global_rank,
         "world_size": trainer.world_size,

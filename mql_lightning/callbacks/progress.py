@@ -13,6 +13,8 @@ from lightning.pytorch.callbacks.progress.rich_progress import CustomTimeColumn
 from rich.progress import ProgressColumn, Task
 from rich.text import Text
 
+from mql_lightning.data.contracts import EnvironmentSteps, MetaLearner, TrainingData
+
 
 class MQLProgressBar(RichProgressBar):
     """Lightning's Rich progress bar, with the training bar in environment steps of the budget.
@@ -93,7 +95,7 @@ class MQLProgressBar(RichProgressBar):
             return
         if self.train_progress_bar_id is None:  # e.g. resumed mid-period
             self._initialize_train_progress_bar_id()
-        self._measure_rate(pl_module)
+        self._measure_rate(trainer, pl_module)
         self._show_env_steps(trainer)
         self._update_metrics(trainer, pl_module)
         self.refresh()
@@ -113,8 +115,9 @@ class MQLProgressBar(RichProgressBar):
             items["val return"] = f"{float(val_return):.2f}"
         return {**items, **metrics}
 
-    def _measure_rate(self, pl_module: L.LightningModule) -> None:
-        updates = int(getattr(pl_module, "num_updates", 0))
+    def _measure_rate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # MQL counts its TD3 updates; Lightning's global step counts critic and actor steps apart.
+        updates = pl_module.num_updates if isinstance(pl_module, MetaLearner) else trainer.global_step
         now = time.perf_counter()
         if self._clock is None:
             self._clock = (now, updates)
@@ -123,17 +126,23 @@ class MQLProgressBar(RichProgressBar):
             self._clock = (now, updates)
 
     def _show_env_steps(self, trainer: L.Trainer) -> None:
-        progress = _progress(trainer)
-        if progress is None or self.progress is None or self.train_progress_bar_id is None:
+        data = _data(trainer)
+        if data is None or self.progress is None or self.train_progress_bar_id is None:
             return
-        budget = getattr(trainer.datamodule, "max_env_steps", None)
-        self._env_steps = (progress.env_steps, budget)
-        self.progress.update(self.train_progress_bar_id, completed=progress.env_steps, total=budget)
+        self._env_steps = (data.progress.env_steps, data.max_env_steps)
+        self.progress.update(self.train_progress_bar_id, completed=data.progress.env_steps, total=data.max_env_steps)
 
 
-def _progress(trainer: L.Trainer) -> Any:
-    """The DataModule's environment-step counters, if it has them."""
-    return getattr(getattr(trainer, "datamodule", None), "progress", None)
+def _data(trainer: L.Trainer) -> TrainingData | None:
+    """The DataModule, if it counts environment steps (:class:`~mql_lightning.data.contracts.TrainingData`); the bar
+    shows batches as Lightning's does otherwise."""
+    datamodule = getattr(trainer, "datamodule", None)
+    return datamodule if isinstance(datamodule, TrainingData) else None
+
+
+def _progress(trainer: L.Trainer) -> EnvironmentSteps | None:
+    data = _data(trainer)
+    return data.progress if data is not None else None
 
 
 class _RunTimeColumn(ProgressColumn):

@@ -1,10 +1,15 @@
-"""The environment-interaction DataModule: task splits, collection, replay, and the update stream of Alg. 1."""
+"""The environment-interaction DataModule: the task family and its splits, collection, the replay, evaluation.
+
+Its parts have modules of their own: the Alg. 1 schedule (:mod:`~mql_lightning.data.schedule`), the random streams
+(:mod:`~mql_lightning.data.streams`), the share of the tasks of this process (:mod:`~mql_lightning.data.sharding`)
+and the replay side files (:mod:`~mql_lightning.data.side_file`); what it needs of the model, and the model of it, is
+in :mod:`~mql_lightning.data.contracts`.
+"""
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,35 +19,16 @@ import numpy as np
 import torch
 
 from mql_lightning import interrupt
-from mql_lightning.data.collector import Collector, Episode, Policy
+from mql_lightning.data.collector import Collector, Episode
+from mql_lightning.data.contracts import MetaLearner, Policy, require
 from mql_lightning.data.replay import EpisodeReplay, HistoryPadding, ReplayBatch, check_history_padding
+from mql_lightning.data.schedule import Progress, Schedule, Step
+from mql_lightning.data.sharding import Shard
 from mql_lightning.data.side_file import load_replay_for
+from mql_lightning.data.streams import RandomStreams
 from mql_lightning.envs import make_env, make_task_splits
 
 Split = Literal["train", "val", "test"]
-_SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
-_PURPOSE_CODES = {"eval": 0, "adapt": 1}
-# Spawn-key prefix of the streams of ranks > 0: distinct from the keys (0,), (1,), (2,) of rank 0's streams.
-_RANK_SPAWN_KEY = 0x72616E6B
-
-
-@dataclass
-class Progress:
-    """Counters of environment interaction, saved in checkpoints.
-
-    Under a multi-process strategy every counter is global (summed over the ranks) and therefore identical on every
-    rank: the update stream decides from these alone (DESIGN decision 12). ``last_rollout_return`` is the mean over
-    all ranks' episodes of the last iteration. ``next_validation_at`` is the step of the next validation not yet
-    completed: a checkpoint taken before a validation (an interrupted one) validates again when resumed, one taken
-    after it does not.
-    """
-
-    env_steps: int = 0
-    episodes: int = 0
-    iterations: int = 0
-    updates_left: int = 0
-    next_validation_at: int = 0
-    last_rollout_return: float = float("nan")
 
 
 class MetaRLDataModule(L.LightningDataModule):
@@ -51,13 +37,16 @@ class MetaRLDataModule(L.LightningDataModule):
     One training iteration (Alg. 1) collects ``episodes_per_iteration`` episodes on training tasks drawn uniformly
     with replacement, with the current policy plus Gaussian exploration noise (random actions during warm-up), then
     serves ``updates_per_iteration`` replay batches. Collection and sampling happen when the update asks for its
-    batch, never ahead of it (DESIGN decision 11): the model's ``training_step`` pulls from the stream itself.
+    batch, never ahead of it (``docs/design.md#the-training-loop``): the model's ``training_step`` pulls from the
+    stream itself.
 
     The stream ends a Lightning epoch every ``val_every_env_steps`` environment steps, so validation runs on an
-    interval counted in environment steps, and stops training once ``max_env_steps`` are collected. All randomness
-    comes from generators seeded from the run seed (``seed_everything``), so runs are reproducible on CPU.
+    interval counted in environment steps, and stops training once ``max_env_steps`` are collected
+    (:class:`~mql_lightning.data.schedule.Schedule`). All randomness comes from generators seeded from the run seed
+    (``seed_everything``; :class:`~mql_lightning.data.streams.RandomStreams`), so runs are reproducible on CPU.
 
-    Multiple processes (DDP; DESIGN decision 12): Lightning never shards an iterable, so this DataModule does it.
+    Multiple processes (DDP; ``docs/design.md#several-processes``): Lightning never shards an iterable, so this
+    DataModule does it (:class:`~mql_lightning.data.sharding.Shard`).
 
     * Rank ``r`` of ``W`` owns the training tasks ``r, r + W, r + 2W, ...`` and keeps only their replay (each task's
       ring as large as on one device); it collects on them with its own streams. Rank 0 keeps the streams of a
@@ -184,45 +173,36 @@ class MetaRLDataModule(L.LightningDataModule):
         self.tasks = make_task_splits(probe, num_train_tasks, num_val_tasks, num_test_tasks, task_seed, ood=ood)
         probe.close()
 
-        self.progress = Progress(next_validation_at=0 if validate_at_start else val_every_env_steps)
+        self.schedule = Schedule(
+            max_env_steps, val_every_env_steps, validate_at_start, warmup_steps, updates_per_iteration, min_buffer_size
+        )
         self.replay: EpisodeReplay | None = None
         self._collector: Collector | None = None
         self._eval_collector: Collector | None = None
-        self._rng: np.random.Generator | None = None
-        self._sample_generator: torch.Generator | None = None
-        self._eval_seed = 0
-        # Whether the stream ended an epoch for the validation due at progress.next_validation_at (not saved: a
-        # resumed stream asks again, see Progress).
-        self._validation_requested = False
-        # This process's rank and the number of processes (set by setup; a single device until then).
-        self._rank, self._world_size = 0, 1
+        self._streams: RandomStreams | None = None
+        # This process's share of the tasks (set by setup; a single device until then).
+        self._shard = Shard()
+
+    @property
+    def progress(self) -> Progress:
+        """The counters of environment interaction (global under several processes)."""
+        return self.schedule.progress
 
     # ----------------------------------------------------------------------------------------------------- setup
     def setup(self, stage: str) -> None:
-        """Create collectors, generators and (for ``fit``) the replay buffer of this rank's tasks; idempotent.
+        """Create collectors, random streams and (for ``fit``) the replay buffer of this rank's tasks; idempotent.
 
         Raises:
             ValueError: If there are fewer training tasks than processes.
         """
         if self._eval_collector is None:
-            self._rank, self._world_size = self._process()
-            if len(self.tasks.train) < self._world_size:
+            self._shard = self._process()
+            if len(self.tasks.train) < self._shard.world_size:
                 raise ValueError(
-                    f"{len(self.tasks.train)} training tasks cannot be shared by {self._world_size} processes: "
+                    f"{len(self.tasks.train)} training tasks cannot be shared by {self._shard.world_size} processes: "
                     "every rank collects on its own training tasks"
                 )
-            # Every stream gets its own child of the run seed: collection, replay sampling and evaluation never
-            # consume each other's random numbers.
-            root = np.random.SeedSequence(torch.initial_seed())
-            collect_seq, sample_seq, eval_seq = root.spawn(3)
-            if self._rank > 0:
-                # Each rank collects and samples with its own streams (DESIGN decision 12); rank 0 keeps the ones
-                # above, so a single-device run is unchanged. Evaluation keeps the shared stream.
-                own = np.random.SeedSequence(root.entropy, spawn_key=(_RANK_SPAWN_KEY, self._rank))
-                collect_seq, sample_seq = own.spawn(2)
-            self._rng = np.random.default_rng(collect_seq)
-            self._sample_generator = torch.Generator().manual_seed(int(sample_seq.generate_state(1)[0]))
-            self._eval_seed = int(eval_seq.generate_state(1)[0])
+            self._streams = RandomStreams(torch.initial_seed(), self._shard.rank)
             self._collector = self.collector(self.history_length)
             self._eval_collector = self.collector(self.eval_history_length, self.eval_window == "growing")
         if stage == "fit" and self.replay is None:
@@ -243,15 +223,15 @@ class MetaRLDataModule(L.LightningDataModule):
             self.exploration_noise, growing_window,
         )
 
-    def _process(self) -> tuple[int, int]:
-        """``(global rank, world size)`` of this process; ``(0, 1)`` without a trainer."""
+    def _process(self) -> Shard:
+        """This process's rank and the number of processes (a single device without a trainer)."""
         trainer = self.trainer
-        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        return Shard(trainer.global_rank, trainer.world_size) if trainer is not None else Shard()
 
     @property
     def train_task_ids(self) -> list[int]:
         """Indices (into ``tasks.train``) of the training tasks this rank collects on, in replay-buffer order."""
-        return list(range(self._rank, len(self.tasks.train), self._world_size))
+        return self._shard.of(len(self.tasks.train))
 
     def teardown(self, stage: str) -> None:
         """Close the environments."""
@@ -265,7 +245,11 @@ class MetaRLDataModule(L.LightningDataModule):
 
     def task(self, split: Split, index: int) -> dict[str, Any]:
         """The task dict of task ``index`` of a split."""
-        return getattr(self.tasks, split)[index]
+        return self.tasks.of(split)[index]
+
+    def num_tasks(self, split: Split) -> int:
+        """Number of tasks of a split."""
+        return len(self.tasks.of(split))
 
     def rng_for(self, purpose: Literal["eval", "adapt"], split: Split, index: int) -> np.random.Generator:
         """A generator for one held-out task, fixed by the run seed, the purpose, the split and the task index.
@@ -273,7 +257,7 @@ class MetaRLDataModule(L.LightningDataModule):
         Evaluation and adaptation draw from these, never from the training streams, so running them does not change
         the training run, and every validation evaluates a task from the same start states.
         """
-        return np.random.default_rng([self._eval_seed, _PURPOSE_CODES[purpose], _SPLIT_CODES[split], index])
+        return self._streams.for_task(purpose, split, index)
 
     # --------------------------------------------------------------------------------------------- loaders
     def train_dataloader(self) -> Iterator[ReplayBatch]:
@@ -286,74 +270,40 @@ class MetaRLDataModule(L.LightningDataModule):
         Under several processes, this rank's share of them (see the class docstring): a plain list, which Lightning
         passes through untouched (no ``DistributedSampler``, so no padding duplicates).
         """
-        return self._share("val", min(len(self.tasks.val), self.tasks_per_validation or len(self.tasks.val)))
+        count = min(len(self.tasks.val), self.tasks_per_validation or len(self.tasks.val))
+        return self._process().of_held_out("val", count)
 
     def test_dataloader(self) -> list[int]:
         """One batch per test task: its index (this rank's share of them under several processes)."""
-        return self._share("test", len(self.tasks.test))
-
-    def _share(self, split: Split, count: int) -> list[int]:
-        # Shares may differ by one task: safe because nothing in an evaluation step communicates (the model has no
-        # buffers for DDP's forward to broadcast); the ranks meet only at the end of the epoch.
-        rank, world_size = self._process()
-        if count < world_size:
-            # A rank without a task would not join the end-of-epoch synchronisation of the metrics.
-            raise ValueError(
-                f"{count} {split} tasks cannot be shared by {world_size} processes: use at least as many tasks "
-                "(num_val_tasks / tasks_per_validation / num_test_tasks) as processes"
-            )
-        return list(range(rank, count, world_size))
+        return self._process().of_held_out("test", len(self.tasks.test))
 
     # ------------------------------------------------------------------------------------------ the Alg. 1 loop
     def next_batch(self) -> ReplayBatch:
-        """Serve the next update's batch, collecting the next iteration's episodes first when one is due.
+        """Serve the next update's batch, collecting the next iteration's episodes first when one is due (Alg. 1,
+        lines 5-7, as :class:`~mql_lightning.data.schedule.Schedule` decides).
 
         Raises:
             StopIteration: At a validation boundary or when the budget is spent (then ``trainer.should_stop``).
         """
-        progress = self.progress
-        while progress.updates_left == 0:
-            spent = progress.env_steps >= self.max_env_steps
-            if spent and self.trainer is not None:
-                self.trainer.should_stop = True
-            if progress.env_steps >= progress.next_validation_at:
-                if not self._validation_requested:
-                    # Ending the epoch makes Lightning validate; the validation confirms (validation_done). Also when
-                    # the budget is spent: the closing validation is then this one, so a run resumed with a larger
-                    # budget does not validate the same step twice.
-                    self._validation_requested = True
-                    raise StopIteration
-                self._schedule_next_validation()  # requested, but none ran (validation disabled): go on training
-            if spent:
+        while (step := self.schedule.next()) is not Step.UPDATE:
+            if step in (Step.VALIDATE, Step.STOP):
+                if self.schedule.spent and self.trainer is not None:
+                    self.trainer.should_stop = True
                 raise StopIteration
-            if progress.env_steps < self.warmup_steps:
+            if step is Step.WARM_UP:
                 self._warm_up()
-                continue
-            collected, stored = self._collect_iteration()
-            ramping = self.updates_per_iteration is None or stored < self.min_buffer_size
-            # One update per step each rank collected (all global counts: identical on every rank).
-            progress.updates_left = -(-collected // self._world_size) if ramping else self.updates_per_iteration
-        progress.updates_left -= 1
-        return self.replay.sample(self.batch_size, self._sample_generator, task_weighting=self.task_weighting)
+            else:
+                self.schedule.collected(*self._collect_iteration(), self._shard.world_size)
+        return self.replay.sample(self.batch_size, self._streams.sample, task_weighting=self.task_weighting)
 
     def validation_done(self) -> None:
         """Move the schedule past the validation the update stream asked for; call when that validation completed."""
-        if self._validation_requested:
-            self._schedule_next_validation()
-
-    def _schedule_next_validation(self) -> None:
-        interval = self.val_every_env_steps
-        self.progress.next_validation_at = (self.progress.env_steps // interval + 1) * interval
-        self._validation_requested = False
+        self.schedule.validation_done()
 
     @property
     def finished(self) -> bool:
-        """Whether the budget is spent and no validation is left to do (a resumed run may have nothing to do).
-
-        A run interrupted during its closing validation is not finished: resuming it runs that validation.
-        """
-        progress = self.progress
-        return progress.env_steps >= self.max_env_steps and progress.next_validation_at > progress.env_steps
+        """Whether the budget is spent and no validation is left to do (a resumed run may have nothing to do)."""
+        return self.schedule.finished
 
     def _warm_up(self) -> None:
         """Collect ``warmup_steps`` of uniformly random actions, cycling through this rank's training tasks so that
@@ -364,18 +314,19 @@ class MetaRLDataModule(L.LightningDataModule):
             # episodes, where the counters, the buffer and the streams agree.
             interrupt.check()
             # Every rank collects the same number of episodes per round: this rank's own count.
-            done = self.progress.episodes // self._world_size
+            done = self.progress.episodes // self._shard.world_size
             ids = [(done + k) % len(own) for k in range(self.episodes_per_iteration)]
             tasks = [self.tasks.train[own[i]] for i in ids]
-            self._store(self._collector.rollout(tasks, ids, self._rng, max_steps=self.warmup_episode_length))
+            episodes = self._collector.rollout(tasks, ids, self._streams.collect, max_steps=self.warmup_episode_length)
+            self._store(episodes)
 
     def _collect_iteration(self) -> tuple[int, int]:
         """Collect one iteration's episodes on this rank's training tasks drawn uniformly, with the policy plus
         noise; return the environment steps collected and the transitions stored, both over all ranks."""
         own = self.train_task_ids
-        ids = self._rng.integers(0, len(own), size=self.episodes_per_iteration).tolist()
+        ids = self._streams.collect.integers(0, len(own), size=self.episodes_per_iteration).tolist()
         episodes = self._collector.rollout(
-            [self.tasks.train[own[i]] for i in ids], ids, self._rng, self._policy(), self.exploration_noise
+            [self.tasks.train[own[i]] for i in ids], ids, self._streams.collect, self._policy(), self.exploration_noise
         )
         self.progress.iterations += 1
         steps, count, return_sum, stored = self._store(episodes)
@@ -387,7 +338,7 @@ class MetaRLDataModule(L.LightningDataModule):
 
         Returns:
             Environment steps, episodes, the sum of the episodes' returns, and the transitions now stored, each
-            summed over the ranks (one all-reduce: DESIGN decision 12).
+            summed over the ranks (one all-reduce).
         """
         for ep in episodes:
             self.replay.add_episode(
@@ -396,22 +347,15 @@ class MetaRLDataModule(L.LightningDataModule):
         # np.sum, like np.mean before it, so a single device logs bit-identical rollout returns.
         local = [sum(ep.length for ep in episodes), len(episodes), float(np.sum([ep.ret for ep in episodes])),
                  len(self.replay)]
-        steps, count, return_sum, stored = self._sum_over_ranks(local)
+        strategy = self.trainer.strategy if self._shard.world_size > 1 else None
+        steps, count, return_sum, stored = self._shard.sum(local, strategy)
         self.progress.env_steps += int(steps)
         self.progress.episodes += int(count)
         return int(steps), int(count), return_sum, int(stored)
 
-    def _sum_over_ranks(self, values: list[float]) -> list[float]:
-        """Element-wise sums over all processes (the values themselves on a single device)."""
-        if self._world_size == 1:
-            return values
-        strategy = self.trainer.strategy
-        # float64 holds every count exactly; the tensor goes to the strategy's device (NCCL reduces GPU tensors).
-        total = strategy.reduce(torch.tensor(values, dtype=torch.float64, device=strategy.root_device), reduce_op="sum")
-        return total.cpu().tolist()
-
     def _policy(self) -> Policy:
-        return self.trainer.lightning_module.act
+        """The model's acting policy (the model is a :class:`~mql_lightning.data.contracts.MetaLearner`)."""
+        return require(self.trainer.lightning_module, MetaLearner, "LightningModule").act
 
     # ---------------------------------------------------------------------------------------------- evaluation
     def evaluate(self, policy: Policy, split: Split, index: int) -> dict[str, float]:
@@ -450,26 +394,19 @@ class MetaRLDataModule(L.LightningDataModule):
         rank's own streams go to its replay shard (:meth:`rank_state_dict`).
         """
         state: dict[str, Any] = {"progress": asdict(self.progress)}
-        if self._rng is not None:
+        if self._streams is not None:
             state.update(self.rank_state_dict())
-            state["eval_seed"] = self._eval_seed
+            state["eval_seed"] = self._streams.eval_seed
         return state
 
     def rank_state_dict(self) -> dict[str, Any]:
         """This process's random streams (saved in its replay shard under several processes)."""
-        return {
-            "rng": self._rng.bit_generator.state,
-            "sample_generator": self._sample_generator.get_state(),
-            "global_rng": _global_rng_state(),
-        }
+        return self._streams.state_dict()
 
     def load_rank_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`rank_state_dict` returned (the global streams only when resuming ``fit``: loading a
         checkpoint for evaluation, e.g. :meth:`from_checkpoint`, leaves the caller's global streams alone)."""
-        self._rng.bit_generator.state = state["rng"]
-        self._sample_generator.set_state(state["sample_generator"])
-        if "global_rng" in state and self.trainer is not None and self.trainer.state.fn == "fit":
-            _set_global_rng_state(state["global_rng"])
+        self._streams.load_state_dict(state, restore_global=self.trainer is not None and self.trainer.state.fn == "fit")
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore counters and RNG states saved by :meth:`state_dict`, and the replay buffer from its side file(s).
@@ -479,12 +416,12 @@ class MetaRLDataModule(L.LightningDataModule):
             ValueError: If the side file belongs to another step of training or to other dimensions, or if training
                 would resume on another number of processes than wrote the checkpoint.
         """
-        self.progress = Progress(**state_dict["progress"])
+        self.schedule.progress = Progress(**state_dict["progress"])
         if "rng" in state_dict:
             self.setup("fit")
             self.load_rank_state_dict(state_dict)
-            self._eval_seed = state_dict["eval_seed"]
-        ckpt_path = getattr(self.trainer, "ckpt_path", None) if self.trainer is not None else None
+            self._streams.eval_seed = state_dict["eval_seed"]
+        ckpt_path = self.trainer.ckpt_path if self.trainer is not None else None
         if ckpt_path is not None:
             self.load_checkpoint_replay(ckpt_path)
 
@@ -519,23 +456,24 @@ class MetaRLDataModule(L.LightningDataModule):
                 another number of processes.
         """
         self.setup("fit")
+        shard = self._shard
         loaded = load_replay_for(
-            checkpoint_path, self.progress.env_steps, self.train_task_ids, self._rank, self._world_size
+            checkpoint_path, self.progress.env_steps, self.train_task_ids, shard.rank, shard.world_size
         )
         fitting = self.trainer is not None and self.trainer.state.fn == "fit"
-        if fitting and loaded.world_size != self._world_size:
+        if fitting and loaded.world_size != shard.world_size:
             raise ValueError(
                 f"checkpoint {checkpoint_path} was written by a run on {loaded.world_size} process(es); resume it on "
-                f"as many (this run has {self._world_size}): every rank's replay shard and random streams belong to "
+                f"as many (this run has {shard.world_size}): every rank's replay shard and random streams belong to "
                 "its rank"
             )
         self.replay.load_state_dict(loaded.state)
         if loaded.streams is not None:
             self.load_rank_state_dict(loaded.streams["datamodule"])
-            module = self.trainer.lightning_module if self.trainer is not None else None
-            if "model" in loaded.streams and hasattr(module, "load_rank_state_dict"):
+            if "model" in loaded.streams and self.trainer is not None:
                 # The model was restored before the DataModule (Lightning's order): its per-rank streams live here.
-                module.load_rank_state_dict(loaded.streams["model"])
+                model = require(self.trainer.lightning_module, MetaLearner, "LightningModule")
+                model.load_rank_state_dict(loaded.streams["model"])
 
 
 class _UpdateStream(Iterator[ReplayBatch]):
@@ -546,29 +484,6 @@ class _UpdateStream(Iterator[ReplayBatch]):
 
     def __next__(self) -> ReplayBatch:
         return self.datamodule.next_batch()
-
-
-def _global_rng_state() -> dict[str, Any]:
-    """The process-global random states, as tensors and plain values (``weights_only``-loadable)."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)),
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_global_rng_state(state: dict[str, Any]) -> None:
-    """Restore what :func:`_global_rng_state` returned."""
-    torch.set_rng_state(state["torch"])
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _check_positive(optional: bool = False, **values: int | None) -> None:

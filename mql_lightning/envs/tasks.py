@@ -39,6 +39,16 @@ class TaskSplits:
     test: list[dict[str, Any]]
     held_out: bool = True
 
+    def of(self, split: str) -> list[dict[str, Any]]:
+        """The tasks of a split: ``train``, ``val`` or ``test``.
+
+        Raises:
+            ValueError: For another name.
+        """
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"unknown split {split!r}: expected 'train', 'val' or 'test'")
+        return getattr(self, split)
+
     def __post_init__(self) -> None:
         if not self.held_out:
             return

@@ -8,11 +8,13 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import nn
 from torchmetrics import MeanMetric
 
+from mql_lightning.data.contracts import TrainingData, require
 from mql_lightning.data.replay import ReplayBatch
 from mql_lightning.modules.td3 import TD3Agent, td3_update
 
@@ -104,6 +106,18 @@ class MQL(L.LightningModule):
         critic = self.critic_optimizer(self.agent.critic_parameters())
         return [actor, critic]
 
+    @property
+    def _data(self) -> TrainingData:
+        """The Trainer's DataModule, which must provide :class:`~mql_lightning.data.contracts.TrainingData`."""
+        return require(self.trainer.datamodule, TrainingData, "DataModule")
+
+    def _attached_trainer(self) -> L.Trainer | None:
+        """The Trainer, or ``None`` for a module used on its own (e.g. loaded from a checkpoint)."""
+        try:
+            return self.trainer
+        except RuntimeError:  # "... is not attached to a `Trainer`"
+            return None
+
     def setup(self, stage: str) -> None:
         """Seed the target-smoothing noise from the run seed and the rank (its own stream, checkpointed).
 
@@ -169,7 +183,7 @@ class MQL(L.LightningModule):
             losses = [name for name, total in self._loss_sums.items() if not bool(torch.isfinite(total))]
             bad_param = next((n for n, p in zip(names, params, strict=True) if not bool(torch.isfinite(p).all())), None)
         fault = torch.tensor(float(bool(losses) or bad_param is not None), device=params[0].device)
-        if self._trainer is not None and self.trainer.world_size > 1:
+        if self._attached_trainer() is not None and self.trainer.world_size > 1:
             # Every rank stops together: one rank's loss may be non-finite while the others' are not (yet).
             fault = self.trainer.strategy.reduce(fault, reduce_op="max")
         if not bool(fault):
@@ -180,13 +194,15 @@ class MQL(L.LightningModule):
     def _fault_message(self, losses: list[str], bad_param: str | None) -> str:
         first, last = self._checked_updates + 1, self.num_updates
         updates = f"update {last}" if first >= last else f"updates {first}-{last}"
-        progress = getattr(self.trainer.datamodule, "progress", None) if self._trainer is not None else None
+        trainer = self._attached_trainer()
+        progress = self._data.progress if trainer is not None else None
         where = f"{updates}" + (f" (environment step {progress.env_steps})" if progress is not None else "")
         what = [f"{name} loss (last value {self._last_losses[name].item():g})" for name in losses]
         if bad_param is not None:
             what.append(f"parameter agent.{bad_param}")
         what = what or ["values on another process"]
-        checkpoint = getattr(self.trainer.checkpoint_callback, "last_model_path", "") if self._trainer else ""
+        callback = trainer.checkpoint_callback if trainer is not None else None
+        checkpoint = callback.last_model_path if isinstance(callback, ModelCheckpoint) else ""
         # Optimiser settings come from the checkpoint when resuming (model hyper-parameters and optimiser states);
         # the clipping norm does not.
         clip = "gradient clipping (--model.grad_clip_norm 10)" if self.grad_clip_norm is None else (
@@ -206,11 +222,10 @@ class MQL(L.LightningModule):
         if loss_a is not None:
             metrics["train/actor_loss"] = loss_a.detach()
         metrics["train/num_updates"] = float(self.num_updates)
-        progress = getattr(self.trainer.datamodule, "progress", None)
-        step = progress.env_steps if progress is not None else self.num_updates  # loggers' x-axis: environment steps
-        if progress is not None:
-            metrics["time/env_steps"] = float(progress.env_steps)
-            metrics["rollout/return"] = progress.last_rollout_return
+        progress = self._data.progress
+        step = progress.env_steps  # the loggers' x-axis: environment steps
+        metrics["time/env_steps"] = float(progress.env_steps)
+        metrics["rollout/return"] = progress.last_rollout_return
         now = time.perf_counter()
         if self._clock is not None and now > self._clock[0]:
             metrics["time/updates_per_s"] = (self.num_updates - self._clock[1]) / (now - self._clock[0])
@@ -232,7 +247,7 @@ class MQL(L.LightningModule):
         return self._evaluate("test", int(batch))
 
     def _evaluate(self, split: str, index: int) -> dict[str, float]:
-        stats = self.trainer.datamodule.evaluate(self.act, split, index)
+        stats = self._data.evaluate(self.act, split, index)
         # The success rate only where the family reports success: no meaningless zeros for the others.
         metrics = {f"{name}_pre_adapt": stats[name] for name in ("return", "success") if name in stats}
         self.record_eval(split, index, metrics)
@@ -260,8 +275,8 @@ class MQL(L.LightningModule):
 
     def on_train_start(self) -> None:
         """Stop at once if the run is already finished (resumed without a larger ``max_env_steps``)."""
-        datamodule = self.trainer.datamodule
-        if getattr(datamodule, "finished", False):
+        datamodule = self._data
+        if datamodule.finished:
             rank_zero_info(
                 f"mql: nothing to train: the checkpoint is at {datamodule.progress.env_steps} environment steps, the "
                 f"budget is data.max_env_steps={datamodule.max_env_steps}"
@@ -276,9 +291,8 @@ class MQL(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         """Log the per-task validation results of all ranks; tell the update stream its validation is complete."""
         self._log_per_task("val")
-        validation_done = getattr(self.trainer.datamodule, "validation_done", None)
-        if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking and validation_done is not None:
-            validation_done()
+        if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
+            self._data.validation_done()
 
     def on_test_epoch_end(self) -> None:
         """Log the per-task test results of all ranks."""
@@ -294,15 +308,13 @@ class MQL(L.LightningModule):
         for task in sorted(table):
             for name, value in table[task].items():
                 self.log(f"{split}/task_{task}/{name}", value, batch_size=1, sync_dist=sync)
-        progress = getattr(self.trainer.datamodule, "progress", None)
-        if progress is not None:
-            self.log("step", float(progress.env_steps), batch_size=1, sync_dist=sync)
+        self.log("step", float(self._data.progress.env_steps), batch_size=1, sync_dist=sync)
 
     def _gather_rows(self, split: str, rows: dict[int, dict[str, float]]) -> dict[int, dict[str, float]]:
         """The per-task results of every rank (each task is evaluated by exactly one rank); ``rows`` on one device."""
         if self.trainer.world_size == 1:
             return rows
-        num_tasks = len(getattr(self.trainer.datamodule.tasks, split))
+        num_tasks = self._data.num_tasks(split)
         table = torch.zeros(2, num_tasks, len(EVAL_METRICS), dtype=torch.float64)  # values, then presence
         for task, row in rows.items():
             for name, value in row.items():

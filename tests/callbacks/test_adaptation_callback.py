@@ -14,7 +14,7 @@ import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger
 
-from mql_lightning.adaptation import AdaptationConfig
+from mql_lightning.adaptation import AdaptationConfig, adapt_to_task
 from mql_lightning.callbacks import AdaptationCallback
 from mql_lightning.data.datamodule import MetaRLDataModule
 from mql_lightning.modules.context import ContextEncoder
@@ -162,7 +162,9 @@ def test_test_writes_one_results_row_per_test_task_into_the_log_dir(fitted: Run)
 
 def test_logged_test_lambda_is_what_a_direct_adaptation_of_the_task_gives(fitted: Run) -> None:
     for task in (0, 1):
-        result = fitted.callback.adapt(fitted.datamodule, fitted.model.agent, "test", task)
+        data = fitted.datamodule
+        rng = data.rng_for("adapt", "test", task)
+        result = adapt_to_task(fitted.model.agent, data, data.task("test", task), SETTINGS, rng)
         assert result.lam == pytest.approx(fitted.test_results[f"test/task_{task}/lambda"], rel=1e-6)
         assert result.ess == pytest.approx(fitted.test_results[f"test/task_{task}/ess"], rel=1e-6)
         assert result.new_transitions == SETTINGS.num_steps

@@ -290,8 +290,7 @@ def test_global_random_states_are_saved_and_restored_only_when_fitting(monkeypat
 
 def test_evaluate_is_deterministic_and_does_not_touch_the_training_rng(monkeypatch: pytest.MonkeyPatch) -> None:
     dm = make_dm(monkeypatch, eval_episodes=3)
-    assert dm._rng is not None
-    rng_state = dm._rng.bit_generator.state
+    rng_state = dm.rank_state_dict()["rng"]
     policy = linear_policy(seed=5)
     first = dm.evaluate(policy, "val", 0)
     second = dm.evaluate(policy, "val", 0)
@@ -299,7 +298,7 @@ def test_evaluate_is_deterministic_and_does_not_touch_the_training_rng(monkeypat
     assert set(first) == {"return", "length"}
     assert math.isfinite(first["return"]) and first["return"] < 0  # dense reward: minus the goal distance
     assert first["length"] == EPISODE_LENGTH
-    assert dm._rng.bit_generator.state == rng_state
+    assert dm.rank_state_dict()["rng"] == rng_state
     assert dm.progress.env_steps == 0  # evaluation steps are not training steps
 
 

@@ -183,7 +183,7 @@ class Poison(L.Callback):
         datamodule = trainer.datamodule
         if self._done or datamodule.progress.env_steps < self.env_steps:
             return
-        if self.at == "period_end" and not datamodule._validation_requested:
+        if self.at == "period_end" and not datamodule.schedule.validation_requested:
             return
         with torch.no_grad():
             next(pl_module.agent.critic.parameters()).view(-1)[0] = float("nan")
@@ -227,7 +227,7 @@ class RankReport(L.Callback):
             tasks=datamodule.train_task_ids,
             streams=datamodule.rank_state_dict(),
             noise_seed=pl_module.noise_generator.initial_seed(),
-            eval_seed=datamodule._eval_seed,
+            eval_seed=datamodule.state_dict()["eval_seed"],
         )
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
