@@ -16,6 +16,7 @@ from mql_lightning.cli import MQLCLI, main
 from mql_lightning.configs import config_path
 from mql_lightning.data.datamodule import MetaRLDataModule
 from mql_lightning.modules.mql import MQL
+from tests.helpers.processes import run_mql
 from tests.helpers.runs import run_fit
 
 
@@ -162,12 +163,16 @@ def test_fit_logs_ess_driven_lambda_per_validation_task(trained_run: Path) -> No
     assert {"val/return_pre_adapt", "val/beta_mean", "val/classifier_accuracy"} <= set(last_val)
 
 
-def test_test_with_only_a_checkpoint_adapts_to_every_test_task_in_a_new_directory(
-    trained_run: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_test_with_only_a_checkpoint_adapts_to_every_test_task_in_a_new_directory(trained_run: Path) -> None:
     before = {p: p.read_bytes() for p in trained_run.rglob("*") if p.is_file()}
-    main(["test", "--ckpt_path", str(trained_run / "checkpoints" / "last.ckpt"), "--trainer.enable_progress_bar=false"])
-    assert "per-task returns before and after adaptation" in capsys.readouterr().out
+    result = run_mql(["test", "--ckpt_path", str(trained_run / "checkpoints" / "last.ckpt"),
+                      "--trainer.enable_progress_bar=false"], trained_run.parent)
+    assert result.returncode == 0, result.stderr
+    # One table that fits 80 columns, per task and the mean; no second dump of the same numbers, no warning.
+    table = result.stdout[result.stdout.index("mql test: before (the meta-policy) and after adaptation"):]
+    assert [line.split()[0] for line in table.splitlines() if line.strip()[:1].isdigit()] == list("01234")
+    assert "mean" in table and max(len(line) for line in table.splitlines()) <= 80
+    assert "Test metric" not in result.stdout and "dirpath" not in result.stderr
     assert {p: p.read_bytes() for p in trained_run.rglob("*") if p.is_file()} == before
     new_run = sorted(trained_run.parent.glob("version_*"))[-1]
     with open(new_run / "test_results.csv", newline="") as f:

@@ -10,6 +10,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -83,13 +84,10 @@ class AdaptationCallback(L.Callback):
         if not rows or not trainer.is_global_zero:
             return
         self._rows = rows
-        table = Table(title="MQL test: per-task returns before and after adaptation")
         columns = list(self._rows[0])
-        for column in columns:
-            table.add_column(column, justify="right")
-        for row in self._rows:
-            table.add_row(*(f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c]) for c in columns))
-        Console().print(table)
+        console = Console()
+        console.print("mql test: before (the meta-policy) and after adaptation (Alg. 2)")
+        console.print(results_table(self._rows))
         if log_dir is not None:  # no logger: nothing is written to the disk
             out = Path(log_dir)
             out.mkdir(parents=True, exist_ok=True)
@@ -120,6 +118,32 @@ class AdaptationCallback(L.Callback):
         metrics.update(result.metrics())
         learner.record_eval(split, index, metrics)
         return {**row, **metrics}
+
+
+# Short headers, so that the table fits an 80-column terminal; the CSV and JSON keep the metric names.
+_HEADERS = {
+    "task": "task", "return_pre_adapt": "return\nbefore", "return": "return\nafter",
+    "success_pre_adapt": "success\nbefore", "success": "success\nafter", "ess": "ESS", "lambda": "λ",
+    "beta_mean": "mean β", "classifier_accuracy": "classif.\naccuracy",
+}
+
+
+def results_table(rows: list[dict[str, Any]]) -> Table:
+    """The ``mql test`` table: one row per test task and their mean, returns (and success rates) before and after
+    adaptation, then ESS, lambda, mean beta and the classifier's accuracy."""
+    columns = [c for c in _HEADERS if c in rows[0]]
+    table = Table(box=box.SIMPLE_HEAD, show_footer=True, pad_edge=False, collapse_padding=True)
+    for column in columns:
+        values = [row[column] for row in rows if isinstance(row.get(column), float)]
+        footer = "mean" if column == "task" else (_number(sum(values) / len(values)) if values else "")
+        table.add_column(_HEADERS[column], footer=footer, justify="right")
+    for row in rows:
+        table.add_row(*(_number(row[c]) if isinstance(row[c], float) else str(row[c]) for c in columns))
+    return table
+
+
+def _number(value: float) -> str:
+    return f"{value:.1f}" if abs(value) >= 100 else f"{value:.2f}" if abs(value) >= 10 else f"{value:.3f}"
 
 
 def _gather_rows(trainer: L.Trainer, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

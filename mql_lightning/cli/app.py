@@ -137,6 +137,10 @@ class MQLCLI(LightningCLI):
         if ckpt_path is not None and Path(ckpt_path).is_file():
             continue_run_logs(self.trainer.loggers, ckpt_path)
 
+    def before_test(self) -> None:
+        """No Lightning "Test metric" dump: the adaptation callback prints one table, per task and the mean."""
+        self.config_init[self.subcommand]["verbose"] = False
+
     def _command_config(self) -> Any:
         return self.config[self.subcommand] if self.subcommand else self.config
 
@@ -155,6 +159,8 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     # A resumed run continues in its own checkpoint directory, which is not empty (a new run's always is).
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+    # The progress bar keeps the run's wall time in checkpoints; a command run without the bar misses nothing.
+    warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`.*\['MQLProgressBar'\]\.$")
     # An advertisement printed by every Trainer without a LitLogger.
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdvertisement())
 
