@@ -357,10 +357,9 @@ def compile_kernels() -> None:
     """Compile the kernels (or load them from numba's disk cache) and run them once on tiny arrays."""
     # Whatever mode the first caller is in (acting under no_grad, validating under inference mode, autocast).
     with torch.inference_mode(False), torch.enable_grad(), torch.autocast("cpu", enabled=False):
-        weights = [[torch.randn(3, 2), torch.randn(3, 1), torch.randn(3), torch.randn(3)]]
-        for w in weights[0]:
-            w.requires_grad_(True)
-        gru_last_states(torch.randn(1, 2, 2), weights).sum().backward()
+        # Fixed values, not random ones: compiling must not draw from the run's global random streams.
+        weights = [[torch.full(shape, 0.1, requires_grad=True) for shape in ((3, 2), (3, 1), (3,), (3,))]]
+        gru_last_states(torch.ones(1, 2, 2), weights).sum().backward()
 
 
 def _forward_pass(

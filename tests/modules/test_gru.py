@@ -178,6 +178,17 @@ def test_a_kernel_that_fails_to_compile_falls_back_to_torch_with_a_warning(monke
         gru.compiled_kernel.cache_clear()
 
 
+def test_compiling_the_kernel_draws_no_random_numbers() -> None:
+    # A run resumed in a process that compiles the kernel later than the uninterrupted run did must draw the same.
+    gru.compiled_kernel.cache_clear()
+    state = torch.get_rng_state()
+    try:
+        assert gru.compiled_kernel() is not None
+        assert torch.equal(torch.get_rng_state(), state)
+    finally:
+        gru.compiled_kernel.cache_clear()
+
+
 def test_encode_groups_encoders_and_runs_a_shared_one_once() -> None:
     torch.manual_seed(1)
     a, b = ContextEncoder(4, 3), ContextEncoder(4, 3)
