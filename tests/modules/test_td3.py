@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 
 import pytest
@@ -220,6 +221,30 @@ def test_update_targets_with_tau_one_copies_the_online_networks() -> None:
     for online, target in online_target_pairs(agent):
         for p, t in zip(online.parameters(), target.parameters(), strict=True):
             torch.testing.assert_close(t, p)
+
+
+def test_a_copy_of_an_agent_updates_its_own_targets() -> None:
+    # update_targets keeps its parameter lists between calls: a deep copy (adaptation trains one) must get its own.
+    agent = make_agent(tau=1.0)
+    agent.update_targets()  # builds the lists
+    copy_ = copy.deepcopy(agent)
+    with torch.no_grad():
+        copy_.actor.net[0].weight.add_(1.0)
+    copy_.update_targets()
+    torch.testing.assert_close(copy_.actor_target.net[0].weight, copy_.actor.net[0].weight)
+    torch.testing.assert_close(agent.actor_target.net[0].weight, agent.actor.net[0].weight)
+    assert not torch.equal(agent.actor_target.net[0].weight, copy_.actor_target.net[0].weight)
+
+
+def test_update_targets_after_casting_the_agent_updates_the_cast_parameters() -> None:
+    agent = make_agent(tau=1.0)
+    agent.update_targets()
+    agent.double()
+    with torch.no_grad():
+        agent.critic.q2[0].bias.add_(1.0)
+    agent.update_targets()
+    assert agent.critic_target.q2[0].bias.dtype == torch.float64
+    torch.testing.assert_close(agent.critic_target.q2[0].bias, agent.critic.q2[0].bias)
 
 
 def test_target_q_is_reproducible_per_generator_seed() -> None:
