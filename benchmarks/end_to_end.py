@@ -48,7 +48,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_BASELINE = "f43baa9"
@@ -83,13 +83,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 # ------------------------------------------------------------------------------------------------ the child run
 class _Clock:
-    """Exclusive seconds and call counts per category, from wrapped methods; time marks of the run's phases."""
+    """Exclusive seconds and call counts per category, from wrapped methods; time marks of the run's phases.
+
+    Both clocks: wall time, and the process's CPU time (what the run got of the CPU, however busy the machine).
+    """
+
+    CLOCKS: ClassVar[dict[str, Callable[[], float]]] = {"wall": time.perf_counter, "cpu": time.process_time}
 
     def __init__(self) -> None:
-        self.seconds: dict[str, float] = defaultdict(float)
+        self.seconds: dict[str, dict[str, float]] = {name: defaultdict(float) for name in self.CLOCKS}
+        self.marks: dict[str, dict[str, float]] = {name: {} for name in self.CLOCKS}
         self.calls: dict[str, int] = defaultdict(int)
-        self.marks: dict[str, float] = {}
-        self._nested: list[float] = []
+        self._nested: list[dict[str, float]] = []
+
+    def now(self) -> dict[str, float]:
+        """Both clocks' readings."""
+        return {name: clock() for name, clock in self.CLOCKS.items()}
 
     def wrap(self, owner: Any, name: str, label: str | Callable[..., str], mark: str | None = None) -> None:
         """Time ``owner.name`` under ``label`` (or ``label(*args)``); ``mark`` records the first entry, last exit."""
@@ -99,22 +108,23 @@ class _Clock:
 
         @functools.wraps(original)
         def timed(*args: Any, **kwargs: Any) -> Any:
-            start = time.perf_counter()
+            start = self.now()
             if mark is not None:
-                self.marks.setdefault(f"{mark} start", start)
-            self._nested.append(0.0)
+                for clock, value in start.items():
+                    self.marks[clock].setdefault(f"{mark} start", value)
+            self._nested.append(dict.fromkeys(self.CLOCKS, 0.0))
             try:
                 return original(*args, **kwargs)
             finally:
-                end = time.perf_counter()
-                inner = self._nested.pop()
+                end, inner = self.now(), self._nested.pop()
                 category = label(*args, **kwargs) if callable(label) else label
-                self.seconds[category] += end - start - inner
                 self.calls[category] += 1
-                if self._nested:
-                    self._nested[-1] += end - start
-                if mark is not None:
-                    self.marks[f"{mark} end"] = end
+                for clock in self.CLOCKS:
+                    self.seconds[clock][category] += end[clock] - start[clock] - inner[clock]
+                    if self._nested:
+                        self._nested[-1][clock] += end[clock] - start[clock]
+                    if mark is not None:
+                        self.marks[clock][f"{mark} end"] = end[clock]
 
         setattr(owner, name, timed)
 
@@ -164,15 +174,17 @@ def child(out: Path, mql_args: list[str]) -> None:
 
     clock, state = _Clock(), {}
     _instrument(clock, state)
-    start = time.perf_counter()
+    start = clock.now()
     with contextlib.suppress(SystemExit):
         main(["fit", *mql_args])
-    wall = time.perf_counter() - start
-    clock.seconds["other"] = wall - sum(clock.seconds.values())
+    end = clock.now()
+    totals = {name: end[name] - start[name] for name in clock.CLOCKS}
+    for name, seconds in clock.seconds.items():
+        seconds["other"] = totals[name] - sum(seconds.values())
+    marks = {name: {k: v - start[name] for k, v in clock.marks[name].items()} for name in clock.CLOCKS}
     out.write_text(json.dumps({
-        "package": mql_lightning.__file__, "wall": wall, "threads": torch.get_num_threads(),
-        "seconds": clock.seconds, "calls": clock.calls, "marks": {k: v - start for k, v in clock.marks.items()},
-        **state,
+        "package": mql_lightning.__file__, "threads": torch.get_num_threads(), "total": totals,
+        "seconds": clock.seconds, "calls": clock.calls, "marks": marks, **state,
     }))
 
 
@@ -217,9 +229,10 @@ def _run(tree: Path, config: str, args: argparse.Namespace, workdir: Path) -> di
     return result
 
 
-def summarise(result: dict[str, Any]) -> dict[str, float]:
-    """The table's numbers of one run."""
-    seconds, calls, marks = result["seconds"], result["calls"], result["marks"]
+def summarise(result: dict[str, Any], clock: str) -> dict[str, float]:
+    """The table's numbers of one run, by one clock (``wall`` or ``cpu``)."""
+    seconds, marks, total = result["seconds"][clock], result["marks"][clock], result["total"][clock]
+    calls = result["calls"]
     train_steps = result["env_steps_at_validation"] - result["warmup"]
     train_rate = train_steps / (marks["validation start"] - marks["warm-up end"])
     per_task = (marks["validation end"] - marks["validation start"]) / result["validation_tasks"]
@@ -231,7 +244,7 @@ def summarise(result: dict[str, Any]) -> dict[str, float]:
         "train_rate": train_rate, "per_task": per_task,
         "run_rate": interval / (interval / train_rate + tasks * per_task + checkpoint),
         "updates_per_s": calls["updates"] / (seconds["updates"] + seconds.get("replay sampling", 0.0)),
-        "batch": shipped["batch_size"],
+        "batch": shipped["batch_size"], "total": total,
     }
     adapt = {k: v for k, v in seconds.items() if k.startswith("adaptation: updates at ")}
     if adapt:
@@ -239,13 +252,16 @@ def summarise(result: dict[str, Any]) -> dict[str, float]:
         row["adapt_updates_per_s"], row["adapt_batch"] = calls[batch] / adapt[batch], int(batch.rsplit(" ", 1)[1])
     for share, parts in SHARES.items():
         matches = [k for k in seconds for p in parts if k == p or (p.endswith("*") and k.startswith(p[:-1]))]
-        row[share] = sum(seconds[k] for k in matches) / result["wall"]
-    row["wall"] = result["wall"]
+        row[share] = sum(seconds[k] for k in matches) / total
     return row
 
 
 def measure(args: argparse.Namespace) -> dict[tuple[str, str], list[dict[str, float]]]:
-    """Every run, interleaved: for each repetition, each config, this checkout then the baseline."""
+    """Every run, interleaved: for each repetition, each config, this checkout then the baseline.
+
+    Returns:
+        ``(config, version) -> one row per run``, each number keyed ``"wall <name>"`` and ``"cpu <name>"``.
+    """
     results: dict[tuple[str, str], list[dict[str, float]]] = defaultdict(list)
     with tempfile.TemporaryDirectory(prefix="mql-e2e-") as tmp:
         trees = {"this checkout": REPO}
@@ -255,10 +271,13 @@ def measure(args: argparse.Namespace) -> dict[tuple[str, str], list[dict[str, fl
             for config in args.configs:
                 for version, tree in trees.items():
                     workdir = Path(tempfile.mkdtemp(dir=tmp))
-                    row = summarise(_run(tree, config, args, workdir))
+                    result = _run(tree, config, args, workdir)
+                    row = {f"{clock} {key}": value for clock in ("wall", "cpu")
+                           for key, value in summarise(result, clock).items()}
                     results[config, version].append(row)
-                    print(f"[{repetition + 1}/{args.runs}] {config}, {version}: {row['wall']:.0f} s wall, "
-                          f"{row['train_rate']:.0f} training steps/s, {row['per_task']:.1f} s per validation task",
+                    print(f"[{repetition + 1}/{args.runs}] {config}, {version}: {row['wall total']:.0f} s wall, "
+                          f"{row['wall train_rate']:.0f} training steps/s, {row['wall per_task']:.1f} s per "
+                          f"validation task (CPU time: {row['cpu train_rate']:.0f}, {row['cpu per_task']:.1f})",
                           file=sys.stderr)
     return results
 
@@ -278,9 +297,10 @@ def tables(args: argparse.Namespace) -> list[Any]:
         f"6. End to end: `mql fit` at the shipped configs\n{setting}",
         ["config, code", "train env steps/s", "s per val task", "run env steps/s (est.)", "updates/s x batch",
          "Eq. 19 updates/s x batch", "vs baseline (run, train)", "target >= 1.5x (HalfCheetah-Vel run)"],
-        caption=f"{window}. Run estimate: env steps per second of wall time over the config's validation interval "
-        "(its training at the measured rate, then its validation tasks at the measured time per task, and a "
-        "checkpoint).",
+        caption=f"{window}. Each cell: by wall time | by the process's CPU time (on an idle machine at 1 thread the "
+        "two agree; on a shared one CPU time is what the run itself cost). Run estimate: env steps per second over "
+        "the config's validation interval (its training at the measured rate, then its validation tasks at the "
+        "measured time per task, and a checkpoint).",
     )
     shares = table(f"6b. Where the window's wall time goes (%)\n{setting}", ["config, code", "wall (s)", *SHARES],
                    caption=f"{window}; each call's time counts once, in the innermost timed activity")
@@ -291,19 +311,26 @@ def tables(args: argparse.Namespace) -> list[Any]:
         base = next((medians[v] for v in versions if v.startswith("baseline")), None)
         for version in versions:
             m = medians[version]
+
+            def both(key: str, fmt: str, m: dict[str, float] = m) -> str:
+                return f"{m['wall ' + key]:{fmt}} | {m['cpu ' + key]:{fmt}}"
+
             versus, target = "", ""
             if base is not None and not version.startswith("baseline"):
-                run, train = m["run_rate"] / base["run_rate"], m["train_rate"] / base["train_rate"]
-                versus = f"{run:.2f}x, {train:.2f}x"
-                target = target_cell(run, TARGET_SPEEDUP, "x") if config == "cheetah_vel" else ""
-            adapt = (f"{m['adapt_updates_per_s']:.1f} x {m['adapt_batch']:.0f} = "
-                     f"{m['adapt_updates_per_s'] * m['adapt_batch']:,.0f}/s") if "adapt_batch" in m else ""
+                ratio = {c: m[f"{c} run_rate"] / base[f"{c} run_rate"] for c in ("wall", "cpu")}
+                train = {c: m[f"{c} train_rate"] / base[f"{c} train_rate"] for c in ("wall", "cpu")}
+                versus = " | ".join(f"{ratio[c]:.2f}x, {train[c]:.2f}x" for c in ("wall", "cpu"))
+                if config == "cheetah_vel":
+                    target = " | ".join(target_cell(ratio[c], TARGET_SPEEDUP, "x") for c in ("wall", "cpu"))
+            adapt = ""
+            if "wall adapt_batch" in m:
+                adapt = f"({both('adapt_updates_per_s', '.1f')}) x {m['wall adapt_batch']:.0f}"
             rates.add_row(
-                f"{config}, {version}", f"{m['train_rate']:.0f}", f"{m['per_task']:.1f}", f"{m['run_rate']:.0f}",
-                f"{m['updates_per_s']:.1f} x {m['batch']:.0f} = {m['updates_per_s'] * m['batch']:,.0f}/s", adapt,
-                versus, target,
+                f"{config}, {version}", both("train_rate", ".0f"), both("per_task", ".1f"), both("run_rate", ".0f"),
+                f"({both('updates_per_s', '.1f')}) x {m['wall batch']:.0f}", adapt, versus, target,
             )
-            shares.add_row(f"{config}, {version}", f"{m['wall']:.0f}", *(f"{100 * m[name]:.0f}" for name in SHARES))
+            shares.add_row(f"{config}, {version}", f"{m['wall total']:.0f}",
+                           *(f"{100 * m['wall ' + name]:.0f}" for name in SHARES))
     return [rates, shares]
 
 
