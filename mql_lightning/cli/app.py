@@ -66,7 +66,10 @@ class MQLCLI(LightningCLI):
         groups."""
         parser.add_argument(
             "--num_threads", type=int, default=1,
-            help="torch intra-op threads (1 is fastest for MQL's small matrices on few cores)",
+            help="torch intra-op threads per process. 1 (the default) measured fastest on a 2-core machine shared with "
+            "other runs: with 2, every multi-threaded operation waited for a core another process held (10-20x "
+            "slower). On cores of its own a run gains from more (matrix products); under DDP give each process its "
+            "share of the cores",
         )
         parser.link_arguments("data.obs_dim", "model.obs_dim", apply_on="instantiate")
         parser.link_arguments("data.action_dim", "model.action_dim", apply_on="instantiate")

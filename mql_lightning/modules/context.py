@@ -8,7 +8,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from mql_lightning.modules.gru import gru_last_state
+from mql_lightning.modules.gru import gru_last_states, uses_kernel
 
 
 class ContextEncoder(L.LightningModule):
@@ -18,20 +18,23 @@ class ContextEncoder(L.LightningModule):
     code, every forward pass starts from a zero hidden state. What the window holds before the episode start is the
     data's choice (``data.history_padding``): zeros by default; the authors' code puts a random-action start entry
     there instead, and grows its evaluation windows from one entry (``data.eval_window``). The parameters live in an
-    ``nn.GRU`` (its state-dict layout); the pass itself is :func:`~mql_lightning.modules.gru.gru_last_state`, and
+    ``nn.GRU`` (its state-dict layout); the pass itself is :func:`~mql_lightning.modules.gru.gru_last_states`, and
     :func:`encode` runs several encoders over the same windows in one grouped pass.
 
     Args:
         input_dim: Width of one history entry, ``action_dim + 1 + obs_dim`` (linked from the task family).
         hidden_size: Width of the GRU state, i.e. of the context z.
+        compiled: Run the recurrence with the compiled CPU kernel (float32 on CPU, where numba works); ``false``
+            runs the torch implementation everywhere (the reference; same results to float rounding, slower).
     """
 
-    def __init__(self, input_dim: int, hidden_size: int = 20) -> None:
+    def __init__(self, input_dim: int, hidden_size: int = 20, compiled: bool = True) -> None:
         super().__init__()
         if input_dim <= 0 or hidden_size <= 0:
             raise ValueError(f"ContextEncoder needs input_dim > 0 and hidden_size > 0, got {input_dim}, {hidden_size}")
         self.input_dim = input_dim
         self.hidden_size = hidden_size
+        self.compiled = compiled
         self.gru = nn.GRU(input_dim, hidden_size, batch_first=True)
 
     @property
@@ -61,7 +64,9 @@ def encode(encoders: Sequence[nn.Module], history: torch.Tensor) -> list[torch.T
 
     :class:`ContextEncoder` instances of equal sizes share one grouped recurrent pass (an actor's and a critic's
     encoder, or their two target copies, read the same windows in every TD3 update); an encoder listed twice (a
-    shared encoder) is run once; any other encoder module is simply called.
+    shared encoder) is run once; any other encoder module is simply called. Encoders whose parameters need no
+    gradient (the critic's, frozen during the actor step) run without recording a graph, in a group of their own, so
+    that no backward pass is spent on them.
 
     Args:
         encoders: Encoders to run.
@@ -74,19 +79,22 @@ def encode(encoders: Sequence[nn.Module], history: torch.Tensor) -> list[torch.T
     for encoder in encoders:
         if not any(encoder is seen for seen in unique):
             unique.append(encoder)
-    grouped = [e for e in unique if isinstance(e, ContextEncoder)]
     contexts: dict[int, torch.Tensor] = {id(e): e(history) for e in unique if not isinstance(e, ContextEncoder)}
-    by_size: dict[tuple[int, int], list[ContextEncoder]] = {}
-    for encoder in grouped:
-        by_size.setdefault((encoder.input_dim, encoder.hidden_size), []).append(encoder)
-    for group in by_size.values():
-        weights = [w for e in group for w in e.gru_weights()]
-        if len(group) == 1 and not (torch.is_grad_enabled() and any(w.requires_grad for w in weights)):
-            # One encoder without gradients (acting, evaluation): torch's own GRU loop runs in C++ and is faster
-            # than any Python-level loop for a single weight set.
+    groups: dict[tuple[int, int, bool, bool], list[ContextEncoder]] = {}
+    for encoder in unique:
+        if isinstance(encoder, ContextEncoder):
+            trained = torch.is_grad_enabled() and any(w.requires_grad for w in encoder.gru_weights())
+            key = (encoder.input_dim, encoder.hidden_size, encoder.compiled, trained)
+            groups.setdefault(key, []).append(encoder)
+    for (_, _, compiled, trained), group in groups.items():
+        weights = [e.gru_weights() for e in group]
+        if not trained and len(group) == 1 and not uses_kernel(history, weights, compiled):
+            # One encoder without gradients (acting, evaluation) outside the compiled kernel's reach: torch's own
+            # GRU loop (C++, or cuDNN) is faster than a Python-level loop for a single weight set.
             contexts[id(group[0])] = group[0].gru(history)[1][-1]
             continue
-        stacked = [torch.stack(weights[k::4]) for k in range(4)]
-        for encoder, z in zip(group, gru_last_state(history, *stacked).unbind(0), strict=True):
+        with torch.set_grad_enabled(trained):
+            states = gru_last_states(history, weights, compiled=compiled)
+        for encoder, z in zip(group, states.unbind(0), strict=True):
             contexts[id(encoder)] = z
     return [contexts[id(e)] for e in encoders]

@@ -1,31 +1,34 @@
-"""A GRU that returns only its last hidden state, with a hand-written backward pass.
+"""The last hidden state of one-layer GRUs over short windows, with a hand-written backward pass.
 
 The context encoders run a one-layer GRU over short windows (H = 20 steps at batch 256) four times per update.
-At those sizes ``nn.GRU`` spends its time on per-operation overhead and on strided gate slices, not on arithmetic
-(issue 5). This implementation computes the same function (``nn.GRU``'s equations, its parameters, its initial zero
-state) with three changes:
+At those sizes ``nn.GRU`` spends its time on per-operation overhead and on strided gate slices, not on arithmetic.
+:func:`gru_last_states` computes the same function (``nn.GRU``'s equations, its parameters, its initial zero state)
+for several GRUs that read the same windows at once, in one of two implementations:
 
-* the input projection of all time steps is one matrix product, hoisted out of the time loop;
-* the state is kept feature-major (``(hidden, batch)``), so every gate is a contiguous block of rows and each step is
-  seven contiguous operations written into preallocated buffers;
-* backpropagation through time is written out by hand (about a dozen operations per step, the weight gradients of
-  all steps in one batched product at the end) instead of being recorded operation by operation by autograd.
+* on CPU in float32 (bf16 autocast included), the compiled kernel of :mod:`mql_lightning.modules.gru_kernel`;
+* elsewhere (GPU, float64, or where numba is missing or fails to compile) the torch implementation below, which is
+  also the reference the kernel is tested against. It hoists the input projection of all time steps out of the time
+  loop into one matrix product, keeps the state feature-major (``(hidden, batch)``), so that every gate is a
+  contiguous block of rows and each step is seven contiguous operations written into preallocated buffers, and
+  writes backpropagation through time out by hand (about a dozen operations per step, the weight gradients of all
+  steps in one batched product at the end) instead of recording it operation by operation with autograd.
 
 Only the last hidden state is returned and no gradient flows into the input sequence (the history windows are data).
 """
 
 from __future__ import annotations
 
+import functools
+import warnings
+from collections.abc import Sequence
+from types import ModuleType
+
 import torch
 from torch.autograd.function import FunctionCtx
 
 
-def gru_last_state(
-    inputs: torch.Tensor,
-    weight_ih: torch.Tensor,
-    weight_hh: torch.Tensor,
-    bias_ih: torch.Tensor,
-    bias_hh: torch.Tensor,
+def gru_last_states(
+    inputs: torch.Tensor, weights: Sequence[Sequence[torch.Tensor]], compiled: bool = True
 ) -> torch.Tensor:
     """Last hidden states of G one-layer GRUs started from zeros over the same sequences, in one grouped pass.
 
@@ -35,15 +38,48 @@ def gru_last_state(
 
     Args:
         inputs: ``(B, T, I)`` sequences, oldest first, shared by the G GRUs.
-        weight_ih: ``(G, 3H, I)`` input weights.
-        weight_hh: ``(G, 3H, H)`` recurrent weights.
-        bias_ih: ``(G, 3H)`` input biases.
-        bias_hh: ``(G, 3H)`` recurrent biases.
+        weights: For each GRU, ``(weight_ih (3H, I), weight_hh (3H, H), bias_ih (3H,), bias_hh (3H,))``.
+        compiled: Use the compiled kernel where it applies (CPU, float32 or CPU autocast) and numba is available;
+            ``False`` always runs the torch implementation (the reference).
 
     Returns:
         ``(G, B, H)`` hidden states after the last step. Differentiable in the weights and biases, not in ``inputs``.
     """
-    return _GRULastState.apply(inputs, weight_ih, weight_hh, bias_ih, bias_hh)
+    if uses_kernel(inputs, weights, compiled):
+        return compiled_kernel().gru_last_states(inputs, weights)
+    return _GRULastState.apply(inputs, *(torch.stack([group[k] for group in weights]) for k in range(4)))
+
+
+def uses_kernel(inputs: torch.Tensor, weights: Sequence[Sequence[torch.Tensor]], compiled: bool = True) -> bool:
+    """Whether :func:`gru_last_states` runs these arguments through the compiled kernel (see there)."""
+    if not compiled or inputs.device.type != "cpu":
+        return False
+    # CPU autocast casts everything to float32 first (custom_fwd); float64 stays with the torch implementation.
+    float32 = torch.is_autocast_enabled("cpu") or all(
+        t.dtype == torch.float32 for t in (inputs, *(w for group in weights for w in group))
+    )
+    return float32 and compiled_kernel() is not None
+
+
+@functools.cache
+def compiled_kernel() -> ModuleType | None:
+    """The compiled kernel's module, compiled (or loaded from numba's disk cache) on first use; ``None`` if unusable.
+
+    Imported here, not with the package: importing numba and compiling take time that only a run which encodes
+    contexts should spend. Where numba is missing or compiling fails, this warns once and the torch implementation
+    runs instead (same results to float rounding, slower).
+    """
+    try:
+        from mql_lightning.modules import gru_kernel
+
+        gru_kernel.compile_kernels()
+    except Exception as err:  # an import error, or any failure of numba to compile on this platform
+        warnings.warn(
+            f"the compiled GRU kernel is unavailable ({type(err).__name__}: {err}); using the torch implementation",
+            RuntimeWarning, stacklevel=3,
+        )
+        return None
+    return gru_kernel
 
 
 class _GRULastState(torch.autograd.Function):

@@ -86,6 +86,8 @@ class TD3Agent(L.LightningModule):
         self.critic_context_target = (
             self.actor_context_target if self.shared_context else _frozen_copy(self.critic_context)
         )
+        # (target, online) parameter lists of update_targets, built on its first call (not at every actor step).
+        self._polyak_pairs: tuple[list[nn.Parameter], list[nn.Parameter]] | None = None
 
     @property
     def uses_context(self) -> bool:
@@ -155,18 +157,23 @@ class TD3Agent(L.LightningModule):
     @torch.no_grad()
     def update_targets(self) -> None:
         """Polyak-average every online network into its target copy."""
-        online = [self.actor, self.critic]
-        target = [self.actor_target, self.critic_target]
-        if self.actor_context is not None:
-            online.append(self.actor_context)
-            target.append(self.actor_context_target)
-            if not self.shared_context:
-                online.append(self.critic_context)
-                target.append(self.critic_context_target)
-        src = [p for m in online for p in m.parameters()]
-        dst = [p for m in target for p in m.parameters()]
-        torch._foreach_lerp_(dst, src, self.tau)
+        if self._polyak_pairs is None:
+            online, target = [self.actor, self.critic], [self.actor_target, self.critic_target]
+            if self.actor_context is not None:
+                online.append(self.actor_context)
+                target.append(self.actor_context_target)
+                if not self.shared_context:
+                    online.append(self.critic_context)
+                    target.append(self.critic_context_target)
+            self._polyak_pairs = (
+                [p for m in target for p in m.parameters()], [p for m in online for p in m.parameters()]
+            )
+        torch._foreach_lerp_(*self._polyak_pairs, self.tau)
 
+    def _apply(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> TD3Agent:
+        # Moving or casting the agent may replace parameter tensors: the Polyak lists are rebuilt on next use.
+        self._polyak_pairs = None
+        return super()._apply(fn, *args, **kwargs)
 
 def td3_update(
     agent: TD3Agent,

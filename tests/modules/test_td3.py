@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
 from collections.abc import Iterator
 
 import pytest
 import torch
 from torch import nn
 
+from mql_lightning.data.replay import ReplayBatch
 from mql_lightning.modules.context import ContextEncoder
-from mql_lightning.modules.td3 import TD3Agent
+from mql_lightning.modules.td3 import TD3Agent, td3_update
 
 OBS, ACT, H, B, Z = 3, 2, 4, 6, 5
 C = ACT + 1 + OBS
@@ -222,6 +225,30 @@ def test_update_targets_with_tau_one_copies_the_online_networks() -> None:
             torch.testing.assert_close(t, p)
 
 
+def test_a_copy_of_an_agent_updates_its_own_targets() -> None:
+    # update_targets keeps its parameter lists between calls: a deep copy (adaptation trains one) must get its own.
+    agent = make_agent(tau=1.0)
+    agent.update_targets()  # builds the lists
+    copy_ = copy.deepcopy(agent)
+    with torch.no_grad():
+        copy_.actor.net[0].weight.add_(1.0)
+    copy_.update_targets()
+    torch.testing.assert_close(copy_.actor_target.net[0].weight, copy_.actor.net[0].weight)
+    torch.testing.assert_close(agent.actor_target.net[0].weight, agent.actor.net[0].weight)
+    assert not torch.equal(agent.actor_target.net[0].weight, copy_.actor_target.net[0].weight)
+
+
+def test_update_targets_after_casting_the_agent_updates_the_cast_parameters() -> None:
+    agent = make_agent(tau=1.0)
+    agent.update_targets()
+    agent.double()
+    with torch.no_grad():
+        agent.critic.q2[0].bias.add_(1.0)
+    agent.update_targets()
+    assert agent.critic_target.q2[0].bias.dtype == torch.float64
+    torch.testing.assert_close(agent.critic_target.q2[0].bias, agent.critic.q2[0].bias)
+
+
 def test_target_q_is_reproducible_per_generator_seed() -> None:
     agent = make_agent(policy_noise=0.5, noise_clip=0.5)
     obs, _, history = inputs()
@@ -278,3 +305,49 @@ def test_invalid_hyper_parameters_raise_value_error(kwargs: dict[str, float]) ->
 def test_invalid_dimensions_raise_value_error(obs_dim: int, action_dim: int) -> None:
     with pytest.raises(ValueError):
         TD3Agent(obs_dim, action_dim, hidden_sizes=(4,))
+
+
+
+@contextlib.contextmanager
+def frozen(params: list[nn.Parameter]) -> Iterator[None]:
+    for p in params:
+        p.requires_grad_(False)
+    yield
+    for p in params:
+        p.requires_grad_(True)
+
+
+@pytest.mark.parametrize("shared_context", [False, True], ids=["separate", "shared"])
+def test_updates_with_the_compiled_gru_and_the_torch_gru_agree(shared_context: bool) -> None:
+    # The same TD3-context updates (critic steps, actor steps, target updates) with the context GRUs computed by the
+    # compiled kernel and by the torch implementation: the same losses and parameters, to float rounding.
+    gen = torch.Generator().manual_seed(5)
+    window = torch.randn(32, H + 1, C, generator=gen)
+    current = window[:, -1]
+    batch = ReplayBatch(
+        obs=current[:, ACT + 1 :], action=current[:, :ACT].tanh(), reward=current[:, ACT],
+        next_obs=torch.randn(32, OBS, generator=gen), terminated=torch.zeros(32),
+        task=torch.zeros(32, dtype=torch.long), history=window[:, :-1], next_history=window[:, 1:],
+    )
+    runs = []
+    for compiled in (True, False):
+        agent = make_agent(context=lambda d, c=compiled: ContextEncoder(d, hidden_size=Z, compiled=c),
+                           shared_context=shared_context, policy_noise=0.2)
+        actor_opt = torch.optim.Adam(agent.actor_parameters(), lr=1e-3)
+        critic_params = list(agent.critic_parameters())
+        critic_opt = torch.optim.Adam(critic_params, lr=1e-3)
+        noise = torch.Generator().manual_seed(6)
+        losses = [
+            td3_update(agent, batch, n, actor_opt, critic_opt, torch.Tensor.backward,
+                       lambda params=critic_params: frozen(params), noise)[:2]
+            for n in range(1, 7)
+        ]
+        runs.append((losses, agent.state_dict()))
+    (kernel_losses, kernel_state), (torch_losses, torch_state) = runs
+    for (c_k, a_k), (c_t, a_t) in zip(kernel_losses, torch_losses, strict=True):
+        torch.testing.assert_close(c_k, c_t, rtol=1e-4, atol=1e-6)
+        assert (a_k is None) == (a_t is None)
+        if a_k is not None:
+            torch.testing.assert_close(a_k, a_t, rtol=1e-4, atol=1e-6)
+    for key, value in torch_state.items():
+        torch.testing.assert_close(kernel_state[key], value, rtol=1e-4, atol=1e-6)
