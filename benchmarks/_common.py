@@ -19,8 +19,9 @@ from rich.console import Console
 from rich.table import Table
 
 from mql_lightning.data.replay import ReplayBatch
+from mql_lightning.modules.agent import TD3Agent
 from mql_lightning.modules.context import ContextEncoder
-from mql_lightning.modules.td3 import TD3Agent, td3_update
+from mql_lightning.modules.td3 import td3_update
 
 # Wide enough for every table when the output is piped to a file (rich falls back to 80 columns there).
 CONSOLE = Console() if Console().is_terminal else Console(width=160)
@@ -66,7 +67,8 @@ def parser(description: str | None, conflict_handler: str = "error") -> argparse
         description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
         conflict_handler=conflict_handler,
     )
-    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1, DESIGN decision 12)")
+    # One thread by default: docs/design.md#precision-and-threads.
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     p.add_argument("--repeats", type=int, default=5, help="timed repetitions per measurement; tables show medians")
     p.add_argument("--quick", action="store_true", help="smoke run: much less work per repetition")
     return p

@@ -4,7 +4,7 @@ Run: ``python benchmarks/collection.py [--threads 1] [--repeats 5] [--lockstep 1
 (not part of the test run; ``python benchmarks/run_all.py`` prints every table).
 
 ``Collector.rollout`` drives a ``TD3Agent`` at HalfCheetah-Vel sizes (history 20, GRU hidden 20, 300x300 networks;
-obs and action widths from the env) through ``mql_lightning.adaptation.acting_policy``, with Gaussian exploration
+obs and action widths from the env) through ``mql_lightning.modules.agent.acting_policy``, with Gaussian exploration
 noise on (``--noise``, the configs' 0.3), for ``mql/HalfCheetahVel-v0`` and ``mql/AntGoal-v0``: one task at a time
 (``--single-episodes`` one-episode rollouts per repetition) and ``--lockstep`` tasks stepped in lockstep (one
 rollout per repetition). Adding the episodes to a replay buffer is excluded. The reference is gymnasium's own
@@ -16,7 +16,7 @@ A second table splits a collected step into the policy call (the adapter and the
 ``step``/``reset`` (measured through a thin timing wrapper) and the rest, the collector's own bookkeeping (window
 and trace handling, numpy <-> torch, exploration noise and clipping), from separate instrumented rollouts.
 
-Target (issue 5): lockstep collection at >= 50% of gymnasium's random-action rate for the same robot.
+Target : lockstep collection at >= 50% of gymnasium's random-action rate for the same robot.
 """
 
 from __future__ import annotations
@@ -33,11 +33,10 @@ import torch
 from _common import interleaved_rates, main_for, table, target_cell, title
 from rich.table import Table
 
-from mql_lightning.adaptation import acting_policy
 from mql_lightning.data.collector import Collector, Policy
 from mql_lightning.envs import make_env
+from mql_lightning.modules.agent import TD3Agent, acting_policy
 from mql_lightning.modules.context import ContextEncoder
-from mql_lightning.modules.td3 import TD3Agent
 
 #: (task family, gymnasium's env of the same robot)
 ROBOTS = (("mql/HalfCheetahVel-v0", "HalfCheetah-v5"), ("mql/AntGoal-v0", "Ant-v5"))

@@ -28,7 +28,7 @@ window on that commit's package (``git archive`` of it, put first on ``PYTHONPAT
 config, interleaved with this checkout's runs, so "before" and "after" come from the same session. Numbers are
 medians over ``--runs``.
 
-Target (issue 12): HalfCheetah-Vel environment steps per second of wall time, validation included, >= 1.5x the
+Target: HalfCheetah-Vel environment steps per second of wall time, validation included, >= 1.5x the
 baseline's.
 """
 

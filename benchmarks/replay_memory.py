@@ -7,12 +7,12 @@ Measured: the ``nbytes`` of a buffer's preallocated storage tensors (``EpisodeRe
 capacity, and, after filling it with random 200-step episodes, what its side file costs per stored transition: the
 tensors of ``state_dict()`` and the bytes ``torch.save`` writes. Computed, not measured: the authors' layout, which
 stores with every transition two flattened H-step histories (``H * (A + 1 + O)`` each) plus obs, next obs, action,
-reward and done, all counted as float32 (``reference/original-mql.md`` section 1.2; their obs are in fact float64
+reward and done, all counted as float32 (``docs/design.md#replay-stores-episodes``; their obs are in fact float64
 and every transition is a tuple of ~12 numpy objects, so their real footprint is larger still).
 
 HalfCheetah-Vel: obs 20, action 6, H 20; Humanoid-Dir: obs 376, action 17, H 15 (the authors' run scripts).
 
-Target (issue 5): <= 250 bytes per HalfCheetah-Vel transition.
+Target : <= 250 bytes per HalfCheetah-Vel transition.
 """
 
 from __future__ import annotations

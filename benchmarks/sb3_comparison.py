@@ -15,7 +15,7 @@ gradient step; ours is ``TD3Agent(context=None)`` through ``td3_update``, sampli
 update (the like-for-like row), and, for reference, on one fixed batch. An update is counted alike on both sides: a
 critic step every update, an actor step and the target update every second one. Repetitions are interleaved.
 
-Target (issue 5): ours (with sampling) >= 1.5x SB3.
+Target : ours (with sampling) >= 1.5x SB3.
 """
 
 from __future__ import annotations

@@ -7,9 +7,9 @@ HalfCheetah-Vel as ``configs/cheetah_vel.yaml`` ships it (obs 20, action 6, hist
 networks, batch 256, fused Adam lr 1e-3, policy noise 0.3, gamma 0.99, policy_delay 2), one fixed random batch laid
 out like a replay batch. One update is one critic step, plus an actor step and a target update every second update;
 a repetition is ``--updates`` consecutive updates (an even number, so every repetition holds the same mix). Ours runs
-through the public ``td3_update``, with the faithful layout (separate actor and critic context encoders, DESIGN
-decision 4) with the context GRUs' compiled kernel (the default) and with their torch implementation
-(``ContextEncoder(compiled=False)``), and with ``shared_context=True``; the naive reference is
+through the public ``td3_update``, with the faithful layout (separate actor and critic context encoders,
+docs/design.md#context-encoders) with the context GRUs' compiled kernel (the default) and with their torch
+implementation (``ContextEncoder(compiled=False)``), and with ``shared_context=True``; the naive reference is
 ``benchmarks/naive_td3_context.py``. Repetitions of the four are interleaved.
 
 Table 1b times the context GRU pass alone at the update's shapes (two groups, batch 256): the compiled kernel, the
@@ -17,8 +17,8 @@ torch implementation and ``nn.GRU``, so that a change which makes the kernel's l
 compares the meta-training update with the adaptation update of Eq. 19 (batch 1280, beta-weighted, with the proximal
 term; ``mql_lightning.adaptation``'s trainer) per sample.
 
-Targets: the faithful update at >= 75 updates/s (issue 5) and >= 1.7x the naive one at 1 thread, >= 2.2x at 2 or
-more (issue 12); the adaptation update at least as fast per sample as the meta-training update (issue 12).
+Targets: the faithful update at >= 75 updates/s  and >= 1.7x the naive one at 1 thread, >= 2.2x at 2 or
+more; the adaptation update at least as fast per sample as the meta-training update.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ ADAPTATION_BATCH = 1280
 
 
 def target_speedup(threads: int) -> float:
-    """The speed-up over the naive update asked for at this thread count (issue 12)."""
+    """The speed-up over the naive update asked for at this thread count."""
     return 1.7 if threads < 2 else 2.2
 
 

@@ -1,6 +1,6 @@
 """Algorithm 2 of MQL: adapt the meta-trained agent to a new task. Plain functions over the modules, no Trainer.
 
-Per new task, in the order of DESIGN decision 1:
+Per new task, in the order of docs/design.md#the-adaptation-order:
 
 1. collect the adaptation data on the new task with the meta policy;
 2. fit the propensity classifier (Eq. 11) on theta_meta's context features, new-task transitions against
@@ -39,6 +39,7 @@ from mql_lightning import interrupt
 from mql_lightning.data.collector import Collector
 from mql_lightning.data.contracts import AdaptationData
 from mql_lightning.data.replay import EpisodeReplay, HistoryPadding, ReplayBatch
+from mql_lightning.modules.agent import TD3Agent, acting_policy
 from mql_lightning.modules.losses import proximal_term
 from mql_lightning.modules.propensity import (
     PropensityClassifier,
@@ -46,14 +47,14 @@ from mql_lightning.modules.propensity import (
     proximal_coefficient,
     require_solver,
 )
-from mql_lightning.modules.td3 import TD3Agent, td3_update
+from mql_lightning.modules.td3 import td3_update
 
 if TYPE_CHECKING:
     from mql_lightning.data.datamodule import MetaRLDataModule
     from mql_lightning.modules.mql import MQL
 
 __all__ = [
-    "Adaptation", "AdaptationConfig", "AdaptationResult", "AdaptedPolicy", "UpdateRecord", "acting_policy", "adapt",
+    "Adaptation", "AdaptationConfig", "AdaptationResult", "AdaptedPolicy", "UpdateRecord", "adapt",
     "adapt_agent", "adapt_to_task", "classifier_rows", "collect_adaptation_data",
 ]
 
@@ -90,7 +91,7 @@ class AdaptationConfig:
             ``0.2`` with the default ``half``).
         proximal_new_task: Keep the proximal term in Eq. 18 (the paper); ``False`` as in the released code.
         proximal_scope: Parameters the proximal term covers: ``all`` (actor and critics with their context
-            encoders, DESIGN decision 3) or ``actor``.
+            encoders, docs/design.md#the-proximal-term) or ``actor``.
         beta_prior_correction: Divide beta by the classifier's class prior ``n_new / n_replay``, so that beta is
             about 1 where new and replay data look alike (this project's reading of Eq. 12); ``False``: the raw odds
             of the fit, as the released code (half as large with its 200 new against 400 replay rows).
@@ -253,9 +254,9 @@ def classifier_rows(
     """Step 2's training rows for the propensity classifier: new-task rows and meta-replay rows.
 
     ``classifier_rows: paper``: every new transition once, and an equal share of ``ceil(n_new / tasks)`` from every
-    training task holding data (DESIGN decision 2). ``authors``: ``n_new`` rows drawn with replacement from the new
-    data, and ``int(n_new / tasks) + 2`` from each task's last ``snapshot_size`` transitions (e.g. 200 + 4 x 100 for
-    HalfCheetah-Vel).
+    training task holding data (docs/design.md#beta-and-the-effective-sample-size). ``authors``: ``n_new`` rows drawn
+    with replacement from the new data, and ``int(n_new / tasks) + 2`` from each task's last ``snapshot_size``
+    transitions (e.g. 200 + 4 x 100 for HalfCheetah-Vel).
 
     Returns:
         ``(new_rows, replay_rows)``.
@@ -391,7 +392,7 @@ def adapt_agent(
         device = next(meta_agent.parameters()).device
         n_new = new_data.num_transitions()
         run = Adaptation(meta_agent, config, generator)
-        # Step 2: the classifier on theta_meta's features (DESIGN decision 2).
+        # Step 2: the classifier on theta_meta's features (docs/design.md#beta-and-the-effective-sample-size).
         new_rows, replay_rows = classifier_rows(new_data, meta_replay, config, generator)
         run.fit_classifier(_to(new_rows, device), _to(replay_rows, device))
         # Step 3: beta and ESS on a fresh replay batch (Eq. 13, over replay samples only); lambda (Remark 3).
@@ -596,17 +597,6 @@ class AdaptedPolicy:
 
 
 # ------------------------------------------------------------------------------------------------------- helpers
-def acting_policy(agent: TD3Agent) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """The collector's policy interface for an agent: CPU tensors in, deterministic CPU float32 actions out."""
-    device = next(agent.parameters()).device
-
-    @torch.no_grad()
-    def act(obs: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
-        return agent.act(obs.to(device), history.to(device)).float().cpu()
-
-    return act
-
-
 def _features(agent: TD3Agent, batch: ReplayBatch, kind: str, obs_first: bool = False) -> torch.Tensor:
     """Classifier features: the agent's actor context on the transition's history (and the observation)."""
     with torch.no_grad():

@@ -19,9 +19,10 @@ from mql_lightning.data.collector import Collector
 from mql_lightning.data.replay import EpisodeReplay
 from mql_lightning.envs import make_env
 from mql_lightning.envs.point_robot import PointRobotEnv
+from mql_lightning.modules.agent import TD3Agent
 from mql_lightning.modules.context import ContextEncoder
-from mql_lightning.modules.losses import actor_loss, critic_loss
-from mql_lightning.modules.td3 import TD3Agent
+from mql_lightning.modules.td3 import polyak_update
+from tests.helpers.td3 import actor_loss_of, critic_loss_of
 
 ENV_ID = "mql/PointRobot-v0"
 OBS, ACT = 2, 2
@@ -116,16 +117,16 @@ def _pretrained_agent(meta_replay: EpisodeReplay) -> TD3Agent:
     gen = torch.Generator().manual_seed(1)
     for i in range(20):
         batch = meta_replay.sample(32, gen)
-        loss, _ = critic_loss(agent, batch, gen)
+        loss, _ = critic_loss_of(agent, batch, gen)
         critic_opt.zero_grad()
         loss.backward()
         critic_opt.step()
         if i % 2:
-            loss, _ = actor_loss(agent, batch)
+            loss = actor_loss_of(agent, batch)
             actor_opt.zero_grad()
             loss.backward()
             actor_opt.step()
-            agent.update_targets()
+            polyak_update(agent)
     agent.zero_grad(set_to_none=True)
     return agent.eval()
 
@@ -171,7 +172,7 @@ def test_adapt_agent_leaves_a_meta_optimiser_state_unchanged(
 ) -> None:
     agent = copy.deepcopy(meta_agent)
     optimizer = torch.optim.Adam(agent.critic_parameters(), lr=1e-3)
-    loss, _ = critic_loss(agent, meta_replay.sample(16, torch.Generator().manual_seed(0)), None)
+    loss, _ = critic_loss_of(agent, meta_replay.sample(16, torch.Generator().manual_seed(0)), None)
     loss.backward()
     optimizer.step()
     saved = copy.deepcopy(optimizer.state_dict())

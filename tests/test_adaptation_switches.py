@@ -24,9 +24,9 @@ from mql_lightning.adaptation import (
 from mql_lightning.data.collector import Collector
 from mql_lightning.data.replay import EpisodeReplay, ReplayBatch
 from mql_lightning.envs import make_env
+from mql_lightning.modules.agent import TD3Agent
 from mql_lightning.modules.context import ContextEncoder
 from mql_lightning.modules.propensity import effective_sample_size
-from mql_lightning.modules.td3 import TD3Agent
 
 OBS, ACT, H = 2, 2, 4
 GOALS = ([0.5, -0.5], [-0.8, 0.3], [0.1, 0.9], [-0.3, -0.7])

@@ -2,8 +2,8 @@
 
 Two runs with the same seed must log the same values, to the last digit (wall-clock throughput aside), and ``fit`` must
 end with the same weights; a run with another seed must log other returns, so that these tests can fail. ``validate``
-and ``test`` take their random streams from the checkpoint (DESIGN decision 11): the same checkpoint evaluated twice
-must give the same returns, a checkpoint trained with another seed other ones.
+and ``test`` take their random streams from the checkpoint (docs/design.md#the-training-loop): the same checkpoint
+evaluated twice must give the same returns, a checkpoint trained with another seed other ones.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Multi-process training (DESIGN decision 12): task shards, per-rank seeds, global counters, replay shards.
+"""Multi-process training (docs/design.md#several-processes): task shards, per-rank seeds, global counters, replay
+shards.
 
 The end-to-end test runs the real ``mql fit`` command on two CPU processes (DDP over gloo) and checks what the run left
 behind, plus what ``RankReport`` (``tests/helpers/callbacks.py``, passed on the command line) saw on each rank. The

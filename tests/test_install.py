@@ -1,4 +1,4 @@
-"""The package works when installed non-editably, from another directory (DESIGN decision 13)."""
+"""The package works when installed non-editably, from another directory (docs/design.md#packaging)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Mixed precision (DESIGN decision 12): ``bf16-mixed`` trains end to end, with TD targets, the propensity fit and
-ESS kept in float32 (or wider) under autocast."""
+"""Mixed precision (``docs/design.md#precision-and-threads``): ``bf16-mixed`` trains end to end, with TD targets, the
+propensity fit and ESS kept in float32 (or wider) under autocast."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ import torch
 import yaml
 
 from mql_lightning.data.replay import ReplayBatch
+from mql_lightning.modules.agent import TD3Agent
 from mql_lightning.modules.context import ContextEncoder
-from mql_lightning.modules.losses import actor_loss, critic_loss
 from mql_lightning.modules.propensity import PropensityClassifier, effective_sample_size
-from mql_lightning.modules.td3 import TD3Agent
 from tests.helpers.runs import run_fit
+from tests.helpers.td3 import actor_loss_of, critic_loss_of
 
 OBS, ACT, H, B = 3, 2, 4, 16
 C = ACT + 1 + OBS
@@ -54,20 +54,20 @@ def agent_and_batch() -> tuple[TD3Agent, ReplayBatch]:
 def test_td_target_and_losses_are_float32_under_bf16_autocast(monkeypatch: pytest.MonkeyPatch) -> None:
     agent, batch = agent_and_batch()
     with torch.no_grad():
-        reference, reference_info = critic_loss(agent, batch, torch.Generator().manual_seed(2))
+        reference, reference_info = critic_loss_of(agent, batch, torch.Generator().manual_seed(2))
 
     seen: list[bool] = []
-    target_q = agent.target_q
+    target_q_values = agent.target_q_values
 
-    def spy(*args: object, **kwargs: object) -> torch.Tensor:
+    def spy(*args: object, **kwargs: object) -> tuple[torch.Tensor, torch.Tensor]:
         seen.append(torch.is_autocast_enabled("cpu"))  # the bootstrap value really is computed under autocast
-        return target_q(*args, **kwargs)
+        return target_q_values(*args, **kwargs)
 
-    monkeypatch.setattr(agent, "target_q", spy)
+    monkeypatch.setattr(agent, "target_q_values", spy)
     with bf16():
         assert torch.nn.Linear(4, 4)(torch.randn(2, 4)).dtype == torch.bfloat16  # autocast is on for matmuls
-        loss, info = critic_loss(agent, batch, torch.Generator().manual_seed(2))
-        loss_a, _ = actor_loss(agent, batch)
+        loss, info = critic_loss_of(agent, batch, torch.Generator().manual_seed(2))
+        loss_a = actor_loss_of(agent, batch)
     assert seen == [True]
     # target_mean is the mean of the TD target tensor itself: float32 means the target is float32.
     assert info["target_mean"].dtype == torch.float32

@@ -53,13 +53,14 @@ import numpy as np
 import torch
 import yaml
 
-from mql_lightning.adaptation import Adaptation, AdaptationConfig, acting_policy, classifier_rows
+from mql_lightning.adaptation import Adaptation, AdaptationConfig, classifier_rows
 from mql_lightning.configs import config_path
 from mql_lightning.data.collector import Collector, Episode
 from mql_lightning.data.datamodule import MetaRLDataModule
 from mql_lightning.data.replay import EpisodeReplay, ReplayBatch
+from mql_lightning.modules.agent import TD3Agent, acting_policy
 from mql_lightning.modules.context import ContextEncoder
-from mql_lightning.modules.td3 import TD3Agent, td3_update
+from mql_lightning.modules.td3 import td3_update
 
 # The authors' released settings (configs/presets/authors.yaml); the data-side switches act before the arithmetic
 # compared here (task_weighting picks the batches, which both sides share; warm-up and evaluation windows are

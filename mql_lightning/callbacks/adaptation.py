@@ -14,8 +14,9 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from mql_lightning.adaptation import AdaptationConfig, acting_policy, adapt_to_task
+from mql_lightning.adaptation import AdaptationConfig, adapt_to_task
 from mql_lightning.data.contracts import AdaptationData, MetaLearner, require
+from mql_lightning.modules.agent import acting_policy
 
 
 class AdaptationCallback(L.Callback):

@@ -54,7 +54,7 @@ class Collector:
     first, and before the episode start what ``history_padding`` says (zeros; or, for ``authors`` and
     ``start_entry``, the start entry ``e_-1 = (a_rand, 0, o_0)`` right before ``e_0``, its random action drawn from
     ``N(0, start_action_std)`` and clipped, as the authors' runner does): exactly what :class:`EpisodeReplay` with
-    the same ``history_padding`` gathers as that transition's history (DESIGN decision 6). With
+    the same ``history_padding`` gathers as that transition's history (docs/design.md#replay-stores-episodes). With
     ``growing_window`` (the authors' evaluation) the window is not padded at all: at step t it holds the last
     ``min(t + 1, H)`` entries of ``e_-1, e_0, .., e_{t-1}``. All randomness (env reset seeds, random actions,
     exploration noise) comes from the generator passed in, so a rollout is reproducible and never touches global

@@ -1,9 +1,9 @@
 """Multi-task episode replay: transitions stored once, context windows gathered at sample time.
 
 The authors' MQL code stores two flattened H-step histories with every transition (≈ 6 KB per
-cheetah transition, 42 KB for ant-goal; ``reference/original-mql.md`` §1.2). Here every transition
+cheetah transition, 42 KB for ant-goal; ``docs/design.md#replay-stores-episodes``). Here every transition
 is stored exactly once, contiguously per task, together with its step-in-episode, and the history
-windows are rebuilt with one vectorised gather per batch (DESIGN decision 6).
+windows are rebuilt with one vectorised gather per batch (docs/design.md#replay-stores-episodes).
 
 Context convention (the authors'): the context entry of transition ``j`` is
 ``e_j = concat(a_j, r_j, o_j)`` with ``o_j`` the *pre-step* observation, so ``C = A + 1 + O``.
@@ -80,7 +80,7 @@ class ReplayBatch(NamedTuple):
     """A multi-task minibatch with its context windows.
 
     ``obs``, ``action``, ``reward``, ``history`` and ``next_history`` are views into one gathered
-    ``(B, H + 1, C)`` tensor (that single gather is the point of DESIGN decision 6); treat them as
+    ``(B, H + 1, C)`` tensor (that single gather is the point of docs/design.md#replay-stores-episodes); treat them as
     read-only or clone before modifying them in place. (With ``history_padding="authors"`` the
     next-history is a separate tensor: it lacks the start entry that the history holds.)
 
@@ -90,7 +90,7 @@ class ReplayBatch(NamedTuple):
         reward: Rewards received, ``(B,)`` float32.
         next_obs: Post-step observations, ``(B, O)`` float32.
         terminated: 1.0 where the episode truly terminated at this step, else 0.0, ``(B,)`` float32.
-            Time-limit truncation is *not* termination (DESIGN decision 7).
+            Time-limit truncation is *not* termination (docs/design.md#truncation-is-not-termination).
         task: Task index of every sample, ``(B,)`` int64.
         history: Context window ``e_{i-H} .. e_{i-1}`` for ``(obs, action)``, ``(B, H, C)`` float32.
         next_history: Context window ``e_{i-H+1} .. e_i`` for ``next_obs``, ``(B, H, C)`` float32.
@@ -169,7 +169,7 @@ class EpisodeReplay:
         self._context_dim = self._action_dim + 1 + self._obs_dim
         n = self._num_tasks * self._capacity
         # Index of an extra, always-zero entry row: invalid window slots are redirected here so the
-        # zero padding costs no masking multiply, just one index_select (DESIGN decision 6).
+        # zero padding costs no masking multiply, just one index_select (docs/design.md#replay-stores-episodes).
         self._zero_slot = n
         # Offsets k = H, H-1, ..., 0: oldest first, the transition itself last.
         self._offsets = torch.arange(self._history_length, -1, -1, dtype=torch.int64)
@@ -306,8 +306,8 @@ class EpisodeReplay:
         """Append one whole episode of ``T`` transitions to a task's ring.
 
         The episode may have ended by termination or by the time limit; only ``terminated`` is
-        stored, so truncated episodes are bootstrapped through (DESIGN decision 7). Steps-in-episode
-        ``0 .. T-1`` are recorded so history windows never cross episode boundaries.
+        stored, so truncated episodes are bootstrapped through (docs/design.md#truncation-is-not-termination).
+        Steps-in-episode ``0 .. T-1`` are recorded so history windows never cross episode boundaries.
 
         Args:
             task: Task index.
@@ -347,7 +347,7 @@ class EpisodeReplay:
         ptr = int(self._ptr[task])
         positions = torch.remainder(torch.arange(ptr, ptr + t_len, dtype=torch.int64), self._capacity)
         slots = task * self._capacity + positions
-        # Entry layout (a, r, o): the authors' GRU input order (reference/original-mql.md §1.2).
+        # Entry layout (a, r, o): the authors' GRU input order (docs/design.md#replay-stores-episodes).
         self._entry[slots] = torch.cat((act_t, rew_t.unsqueeze(1), obs_t), dim=1)
         self._next_obs[slots] = nobs_t
         self._terminated[slots] = term_t

@@ -16,7 +16,8 @@ from torchmetrics import MeanMetric
 
 from mql_lightning.data.contracts import TrainingData, require
 from mql_lightning.data.replay import ReplayBatch
-from mql_lightning.modules.td3 import TD3Agent, td3_update
+from mql_lightning.modules.agent import TD3Agent, acting_policy
+from mql_lightning.modules.td3 import td3_update
 
 EVAL_METRICS = (
     "return", "return_pre_adapt", "ess", "lambda", "beta_mean", "classifier_accuracy", "success", "success_pre_adapt",
@@ -35,13 +36,14 @@ class MQL(L.LightningModule):
     Meta-training minimises the average TD error over all training tasks (Eq. 15) with manual optimisation: a
     critic step every update, an actor step and a Polyak target update every ``policy_delay`` updates. Batches are
     pulled from the DataModule's update stream inside ``training_step``, so environment interaction happens exactly
-    when the update needs it (DESIGN decision 11). Validation evaluates the policy on each validation task.
+    when the update needs it (docs/design.md#the-training-loop). Validation evaluates the policy on each validation
+    task.
 
-    Under DDP (DESIGN decision 12) every rank updates on batches of its own training tasks and the gradients are
-    averaged, so the weights stay identical across ranks; each rank evaluates its share of the held-out tasks, and
-    the per-task results are gathered from all ranks at the end of the epoch, the averages over tasks synchronised
-    by their metrics. Use ``strategy="ddp_find_unused_parameters_true"``: the critic loss leaves the actor's
-    parameters unused and the actor step freezes the critics'.
+    Under DDP (docs/design.md#several-processes) every rank updates on batches of its own training tasks and the
+    gradients are averaged, so the weights stay identical across ranks; each rank evaluates its share of the held-out
+    tasks, and the per-task results are gathered from all ranks at the end of the epoch, the averages over tasks
+    synchronised by their metrics. Use ``strategy="ddp_find_unused_parameters_true"``: the critic loss leaves the
+    actor's parameters unused and the actor step freezes the critics'.
 
     Numerical faults: a non-finite loss or parameter stops training with :class:`NonFiniteError`, naming the update,
     the environment step and the loss, before any checkpoint could store the diverged state (the last good
@@ -101,7 +103,7 @@ class MQL(L.LightningModule):
         self._eval_rows: dict[str, dict[int, dict[str, float]]] = {}
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        """Two optimisers with no shared parameters: actor and critic (DESIGN decision 4)."""
+        """Two optimisers with no shared parameters: actor and critic (docs/design.md#context-encoders)."""
         actor = self.actor_optimizer(self.agent.actor_parameters())
         critic = self.critic_optimizer(self.agent.critic_parameters())
         return [actor, critic]
@@ -121,15 +123,16 @@ class MQL(L.LightningModule):
     def setup(self, stage: str) -> None:
         """Seed the target-smoothing noise from the run seed and the rank (its own stream, checkpointed).
 
-        Rank 0 (a single device) keeps the seed it always had; every other rank gets its own (DESIGN decision 12).
+        Rank 0 (a single device) keeps the seed it always had; every other rank gets its own
+        (docs/design.md#several-processes).
         """
         self.noise_generator.manual_seed(torch.initial_seed() + 1 + self.global_rank)
 
     # ------------------------------------------------------------------------------------------------- acting
-    @torch.no_grad()
     def act(self, obs: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
-        """The deterministic meta-policy: ``(N, O)`` observations and ``(N, H, C)`` windows to ``(N, A)`` actions."""
-        return self.agent.act(obs.to(self.device), history.to(self.device)).float().cpu()
+        """The deterministic meta-policy: ``(N, O)`` observations and ``(N, H, C)`` windows to ``(N, A)`` actions
+        (:func:`~mql_lightning.modules.agent.acting_policy` of the agent)."""
+        return acting_policy(self.agent)(obs, history)
 
     # ------------------------------------------------------------------------------------------------ training
     def training_step(self, dataloader_iter: Iterator[tuple[ReplayBatch, int, int]]) -> None:
@@ -257,9 +260,9 @@ class MQL(L.LightningModule):
         """Log evaluation numbers of one held-out task, per task and aggregated over tasks (and ranks).
 
         Used by ``validation_step``/``test_step`` and by the adaptation callback (``self.log`` belongs to the
-        top-level module, DESIGN decision 5). The averages over tasks are metrics, synchronised over the ranks when
-        the epoch ends; the per-task values are kept and logged then, gathered from every rank
-        (:meth:`on_validation_epoch_end`).
+        top-level module, docs/design.md#td3-losses-as-pure-functions). The averages over tasks are metrics,
+        synchronised over the ranks when the epoch ends; the per-task values are kept and logged then, gathered from
+        every rank (:meth:`on_validation_epoch_end`).
 
         Args:
             split: ``val`` or ``test``.
@@ -334,7 +337,8 @@ class MQL(L.LightningModule):
 
     # ----------------------------------------------------------------------------------------------- checkpoints
     def rank_state_dict(self) -> dict[str, Any]:
-        """This rank's own random stream (saved in its replay shard under several processes, DESIGN decision 12)."""
+        """This rank's own random stream (saved in its replay shard under several processes,
+        ``docs/design.md#several-processes``)."""
         return {"noise_generator": self.noise_generator.get_state()}
 
     def load_rank_state_dict(self, state: dict[str, Any]) -> None:

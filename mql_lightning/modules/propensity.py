@@ -2,7 +2,8 @@
 
 A logistic classifier separates transitions of the new task from transitions of the meta-training replay buffer;
 its odds re-weight replay transitions in the adaptation objective (Eq. 19), and the normalised effective sample size
-of those weights sets the proximal coefficient ``lambda = 1 - ESS`` (Remark 3). Conventions (DESIGN decision 2):
+of those weights sets the proximal coefficient ``lambda = 1 - ESS`` (Remark 3). Conventions
+(docs/design.md#beta-and-the-effective-sample-size):
 
 - ``beta(x) = P(new | x) / P(replay | x)``, by default with the class prior ``n_new / n_replay`` divided out, so that
   beta = 1 wherever the two sets are indistinguishable, whatever the class counts. The authors' code uses the raw
@@ -112,7 +113,8 @@ class PropensityClassifier(L.LightningModule):
         self.tol = float(tol)
         self.prior_correction = bool(prior_correction)
         self.solver = require_solver(solver)
-        # Fitted state: non-persistent buffers (follow .to(device), stay out of every state dict; DESIGN decision 4).
+        # Fitted state: non-persistent buffers (follow .to(device), stay out of every state dict;
+        # docs/design.md#context-encoders).
         self.register_buffer("weight", torch.zeros(0, dtype=torch.float64), persistent=False)
         self.register_buffer("bias", torch.zeros((), dtype=torch.float64), persistent=False)
         self.n_new = 0
@@ -295,7 +297,8 @@ class PropensityClassifier(L.LightningModule):
 
         The logistic fit absorbs the class prior ``n_new / n_replay`` into the intercept; with ``prior_correction``
         it is removed here, so that log-odds are about 0 (beta about 1) where the two sets are indistinguishable
-        (DESIGN decision 2). Without it these are the fit's raw log-odds ``w.x + b``, the authors' ``-f(x)``.
+        (docs/design.md#beta-and-the-effective-sample-size). Without it these are the fit's raw log-odds ``w.x + b``,
+        the authors' ``-f(x)``.
 
         Args:
             features: ``(..., d)`` features.
@@ -406,12 +409,12 @@ def effective_sample_size(beta: torch.Tensor) -> torch.Tensor:
     """Normalised effective sample size of importance weights, Eq. 13: ``(sum beta)^2 / (m * sum beta^2)``.
 
     Near 1 when the replay batch looks like the new task (weights about equal), near 0 when a few samples carry all
-    the weight. Computed in float64 (no overflow for clipped betas, no bf16 round-off; DESIGN decision 12) and
-    without a host sync.
+    the weight. Computed in float64 (no overflow for clipped betas, no bf16 round-off; docs/design.md#several-processes)
+    and without a host sync.
 
     Args:
-        beta: Importance weights (any shape; flattened), non-negative, over the *replay* samples (DESIGN
-            decision 2).
+        beta: Importance weights (any shape; flattened), non-negative, over the *replay* samples
+        (docs/design.md#beta-and-the-effective-sample-size).
 
     Returns:
         A 0-dim float32 tensor in ``[0, 1]`` on ``beta``'s device; 0 (not NaN) when every beta is 0.

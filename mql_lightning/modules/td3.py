@@ -1,179 +1,23 @@
-"""The TD3 agent of MQL: a context-conditioned actor, twin critics, and their target copies."""
+"""The TD3 update of MQL, top to bottom: TD target, critic step, delayed actor step, Polyak averaging.
+
+One update rule for meta-training (Eq. 15) and for both adaptation steps (Eq. 18, and Eq. 19 with the per-sample
+weights beta): callers bring their optimisers and backward pass (Lightning's ``manual_backward`` in
+:class:`~mql_lightning.modules.mql.MQL`, plain autograd in :mod:`mql_lightning.adaptation`), and optionally a penalty
+(the proximal term of Eqs. 18-19) and gradient clipping.
+"""
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import lightning as L
 import torch
-from torch import nn
 
-from mql_lightning.modules.context import ContextEncoder, encode
-from mql_lightning.modules.losses import actor_loss, critic_loss
-from mql_lightning.modules.networks import Actor, TwinCritic
+from mql_lightning.data.replay import ReplayBatch
+from mql_lightning.modules.agent import TD3Agent
+from mql_lightning.modules.losses import actor_loss, bootstrapped_target, critic_loss
 
-if TYPE_CHECKING:
-    from mql_lightning.data.replay import ReplayBatch
-
-
-class TD3Agent(L.LightningModule):
-    """Networks and TD3 hyper-parameters; the update rule itself lives in :mod:`mql_lightning.modules.losses`.
-
-    With a context factory this is TD3-context (the meta-training of MQL, Alg. 1): actor and critics are conditioned
-    on the context z of a recurrent encoder. With ``context=None`` it is plain TD3 from the same code path.
-
-    Args:
-        obs_dim: Observation width (linked from the task family).
-        action_dim: Action width (linked from the task family).
-        context: Factory ``input_dim -> encoder`` for the context encoder, e.g. ``ContextEncoder``; ``None`` for
-            plain TD3. The encoder must expose ``output_dim``.
-        shared_context: One encoder for actor and critic (trained by the critic loss) instead of the paper's
-            separate encoders (DESIGN decision 4).
-        hidden_sizes: Hidden widths of the actor and of each critic.
-        gamma: Discount factor.
-        tau: Polyak coefficient of the target networks.
-        policy_noise: Std of the target-policy smoothing noise.
-        noise_clip: Clip of the target-policy smoothing noise.
-        policy_delay: Critic updates per actor (and target) update.
-    """
-
-    def __init__(
-        self,
-        obs_dim: int,
-        action_dim: int,
-        context: Callable[[int], nn.Module] | None = ContextEncoder,
-        shared_context: bool = False,
-        hidden_sizes: Sequence[int] = (300, 300),
-        gamma: float = 0.99,
-        tau: float = 0.005,
-        policy_noise: float = 0.2,
-        noise_clip: float = 0.5,
-        policy_delay: int = 2,
-    ) -> None:
-        super().__init__()
-        if obs_dim <= 0 or action_dim <= 0:
-            raise ValueError(f"TD3Agent needs obs_dim > 0 and action_dim > 0, got {obs_dim}, {action_dim}")
-        if policy_delay < 1:
-            raise ValueError(f"policy_delay must be >= 1, got {policy_delay}")
-        if any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden_sizes):
-            raise ValueError(f"hidden_sizes must be positive integers, got {list(hidden_sizes)}")
-        if not 0.0 < tau <= 1.0 or not 0.0 <= gamma <= 1.0:
-            raise ValueError(f"need 0 < tau <= 1 and 0 <= gamma <= 1, got tau={tau}, gamma={gamma}")
-        if policy_noise < 0 or noise_clip < 0:
-            raise ValueError(f"policy_noise and noise_clip must be >= 0, got {policy_noise}, {noise_clip}")
-        self.obs_dim, self.action_dim = obs_dim, action_dim
-        self.gamma, self.tau = gamma, tau
-        self.policy_noise, self.noise_clip, self.policy_delay = policy_noise, noise_clip, policy_delay
-        self.shared_context = shared_context and context is not None
-        self.context_input_dim = action_dim + 1 + obs_dim  # one history entry (a, r, o)
-
-        self.actor_context = context(self.context_input_dim) if context is not None else None
-        if context is None or self.shared_context:
-            self.critic_context = self.actor_context
-        else:
-            self.critic_context = context(self.context_input_dim)
-        z_dim = self.actor_context.output_dim if self.actor_context is not None else 0
-        self.actor = Actor(obs_dim + z_dim, action_dim, hidden_sizes)
-        self.critic = TwinCritic(obs_dim + action_dim + z_dim, hidden_sizes)
-
-        # Target copies of every network, context encoders included (the authors' four GRUs).
-        self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
-        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.actor_context_target = _frozen_copy(self.actor_context)
-        self.critic_context_target = (
-            self.actor_context_target if self.shared_context else _frozen_copy(self.critic_context)
-        )
-        # (target, online) parameter lists of update_targets, built on its first call (not at every actor step).
-        self._polyak_pairs: tuple[list[nn.Parameter], list[nn.Parameter]] | None = None
-
-    @property
-    def uses_context(self) -> bool:
-        """Whether actor and critics see a context (TD3-context) or not (plain TD3)."""
-        return self.actor_context is not None
-
-    # ----------------------------------------------------------------------------------------------- forward passes
-    def act(self, obs: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
-        """Deterministic action u_theta(x, z) of the online actor."""
-        return self.actor(_with_context(obs, history, self.actor_context, detach=self.shared_context))
-
-    def q_values(
-        self, obs: torch.Tensor, action: torch.Tensor, history: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Both online Q estimates q_phi(x, u, z)."""
-        return self.critic(_with_context(torch.cat([obs, action], -1), history, self.critic_context))
-
-    def q1(self, obs: torch.Tensor, action: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
-        """The first online Q estimate, the one the actor ascends."""
-        return self.critic.q1(_with_context(torch.cat([obs, action], -1), history, self.critic_context)).squeeze(-1)
-
-    def actor_q1(self, obs: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
-        """``Q1(x, u_theta(x, z), z)``, what the actor ascends: the actor's and the critic's contexts in one pass."""
-        z_actor, z_critic = self._contexts(self.actor_context, self.critic_context, history)
-        action = self.actor(_with(obs, z_actor, detach=self.shared_context))
-        return self.critic.q1(_with(torch.cat([obs, action], -1), z_critic)).squeeze(-1)
-
-    @torch.no_grad()
-    def target_q(
-        self, next_obs: torch.Tensor, next_history: torch.Tensor, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
-        """``min(Q1', Q2')(x', a')`` with target-policy smoothing: ``a' = clip(u'(x') + clip(eps), -1, 1)``."""
-        z_actor, z_critic = self._contexts(self.actor_context_target, self.critic_context_target, next_history)
-        next_action = self.actor_target(_with(next_obs, z_actor))
-        # Drawn on the generator's device (CPU generators are what the run's seeded streams are) and then moved, so a
-        # CPU generator also drives a GPU run.
-        noise_device = generator.device if generator is not None else next_action.device
-        noise = torch.randn(next_action.shape, generator=generator, device=noise_device).to(next_action.device)
-        noise = (noise * self.policy_noise).clamp(-self.noise_clip, self.noise_clip)
-        next_action = (next_action + noise.to(next_action.dtype)).clamp(-1.0, 1.0)
-        q1, q2 = self.critic_target(_with(torch.cat([next_obs, next_action], -1), z_critic))
-        return torch.minimum(q1, q2)
-
-    @staticmethod
-    def _contexts(
-        actor_encoder: nn.Module | None, critic_encoder: nn.Module | None, history: torch.Tensor
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        # Both encoders read the same windows: one grouped recurrent pass (one pass when they are the same module).
-        if actor_encoder is None or critic_encoder is None:
-            return None, None
-        z_actor, z_critic = encode([actor_encoder, critic_encoder], history)
-        return z_actor, z_critic
-
-    # ------------------------------------------------------------------------------------------ parameter groups
-    def actor_parameters(self) -> Iterator[nn.Parameter]:
-        """Parameters the actor loss trains: the actor and, unless shared, its context encoder."""
-        yield from self.actor.parameters()
-        if self.actor_context is not None and not self.shared_context:
-            yield from self.actor_context.parameters()
-
-    def critic_parameters(self) -> Iterator[nn.Parameter]:
-        """Parameters the critic loss trains: both critics and their context encoder."""
-        yield from self.critic.parameters()
-        if self.critic_context is not None:
-            yield from self.critic_context.parameters()
-
-    @torch.no_grad()
-    def update_targets(self) -> None:
-        """Polyak-average every online network into its target copy."""
-        if self._polyak_pairs is None:
-            online, target = [self.actor, self.critic], [self.actor_target, self.critic_target]
-            if self.actor_context is not None:
-                online.append(self.actor_context)
-                target.append(self.actor_context_target)
-                if not self.shared_context:
-                    online.append(self.critic_context)
-                    target.append(self.critic_context_target)
-            self._polyak_pairs = (
-                [p for m in target for p in m.parameters()], [p for m in online for p in m.parameters()]
-            )
-        torch._foreach_lerp_(*self._polyak_pairs, self.tau)
-
-    def _apply(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> TD3Agent:
-        # Moving or casting the agent may replace parameter tensors: the Polyak lists are rebuilt on next use.
-        self._polyak_pairs = None
-        return super()._apply(fn, *args, **kwargs)
 
 def td3_update(
     agent: TD3Agent,
@@ -188,11 +32,7 @@ def td3_update(
     penalty: Callable[[str], torch.Tensor] | None = None,
     clip_gradients: Callable[[torch.optim.Optimizer], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]:
-    """One TD3 update: a critic step, and every ``policy_delay`` updates an actor step and a target update.
-
-    The one update rule of meta-training (Eq. 15) and of both adaptation steps (Eq. 18, and Eq. 19 with the
-    per-sample ``weights`` beta); callers bring their optimisers and backward pass (Lightning's ``manual_backward``
-    in :class:`~mql_lightning.modules.mql.MQL`, plain autograd in adaptation).
+    """One TD3 update: a critic step, and every ``policy_delay`` updates an actor step and Polyak averaging.
 
     Args:
         agent: The agent to update.
@@ -205,12 +45,12 @@ def td3_update(
         generator: RNG of the target-policy smoothing noise.
         weights: Optional per-sample loss weights (Eq. 19).
         penalty: Optional ``"actor" | "critic" -> tensor`` added to that loss (the proximal term of Eqs. 18-19).
-        clip_gradients: Optional, called with each optimiser between its backward pass and its step (gradient
-            clipping).
+        clip_gradients: Optional, called with each optimiser between its backward pass and its step.
 
     Returns:
         The critic loss, the actor loss (``None`` without an actor step) and the critic's metrics.
     """
+
     def step(name: str, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> torch.Tensor:
         # One optimiser step, the same for critic and actor: penalty, backward, optional clipping, step.
         if penalty is not None:
@@ -222,27 +62,45 @@ def td3_update(
         optimizer.step()
         return loss
 
-    loss_c, info = critic_loss(agent, batch, generator, weights)
-    loss_c = step("critic", loss_c, critic_optimizer)
+    # 1. The TD target (Eq. 7) from the target networks.
+    with torch.no_grad():
+        target = td_target(agent, batch, generator)
+    # 2. Critic step: both critics' squared TD errors, averaged over the batch (over tasks, Eq. 15; beta-weighted in
+    #    Eq. 19).
+    q1, q2 = agent.q_values(batch.obs, batch.action, batch.history)
+    loss_c = step("critic", critic_loss(q1, q2, target, weights), critic_optimizer)
+    info = {"q1_mean": q1.detach().mean(), "target_mean": target.mean()}
+    # 3. Every policy_delay updates: the actor ascends Q1 of its own action, with the critics frozen ...
     loss_a = None
     if update_index % agent.policy_delay == 0:
         with freeze_critic():
-            loss_a = step("actor", actor_loss(agent, batch, weights)[0], actor_optimizer)
-        agent.update_targets()
+            loss_a = step("actor", actor_loss(agent.actor_q1(batch.obs, batch.history), weights), actor_optimizer)
+        # 4. ... and every target network moves a step tau toward its online network.
+        polyak_update(agent)
     return loss_c, loss_a, info
 
 
-def _frozen_copy(module: nn.Module | None) -> nn.Module | None:
-    return None if module is None else copy.deepcopy(module).requires_grad_(False)
+@torch.no_grad()
+def td_target(agent: TD3Agent, batch: ReplayBatch, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Eq. 7's target ``r + gamma (1 - d) min(Q1', Q2')(x', a')`` with TD3's target-policy smoothing,
+    ``a' = clip(u'(x') + clip(eps, -c, c), -1, 1)``, ``eps ~ N(0, policy_noise)``: the clipped double-Q target.
+
+    The target encoders read the next-state windows (one grouped pass for the actor's and the critic's).
+    """
+    z_actor, z_critic = agent.target_contexts(batch.next_history)
+    next_action = agent.target_action(batch.next_obs, z_actor)
+    # Drawn on the generator's device (CPU generators are what the run's seeded streams are) and then moved, so a CPU
+    # generator also drives a GPU run.
+    noise_device = generator.device if generator is not None else next_action.device
+    noise = torch.randn(next_action.shape, generator=generator, device=noise_device).to(next_action.device)
+    noise = (noise * agent.policy_noise).clamp(-agent.noise_clip, agent.noise_clip)
+    next_action = (next_action + noise.to(next_action.dtype)).clamp(-1.0, 1.0)
+    next_q1, next_q2 = agent.target_q_values(batch.next_obs, next_action, z_critic)
+    return bootstrapped_target(batch.reward, batch.terminated, torch.minimum(next_q1, next_q2), agent.gamma)
 
 
-def _with_context(
-    features: torch.Tensor, history: torch.Tensor, encoder: nn.Module | None, detach: bool = False
-) -> torch.Tensor:
-    return features if encoder is None else _with(features, encoder(history), detach)
-
-
-def _with(features: torch.Tensor, z: torch.Tensor | None, detach: bool = False) -> torch.Tensor:
-    if z is None:
-        return features
-    return torch.cat([features, z.detach() if detach else z], -1)
+@torch.no_grad()
+def polyak_update(agent: TD3Agent) -> None:
+    """Move every target network a step ``tau`` toward its online network: ``target += tau (online - target)``."""
+    targets, online = agent.polyak_pairs()
+    torch._foreach_lerp_(targets, online, agent.tau)

@@ -17,9 +17,9 @@ from lightning.pytorch.loggers import CSVLogger
 from mql_lightning.adaptation import AdaptationConfig, adapt_to_task
 from mql_lightning.callbacks import AdaptationCallback
 from mql_lightning.data.datamodule import MetaRLDataModule
+from mql_lightning.modules.agent import TD3Agent
 from mql_lightning.modules.context import ContextEncoder
 from mql_lightning.modules.mql import MQL
-from mql_lightning.modules.td3 import TD3Agent
 
 SETTINGS = AdaptationConfig(new_task_updates=2, replay_updates=3, num_steps=40)
 PER_TASK = ("ess", "lambda", "beta_mean", "classifier_accuracy")

@@ -1,4 +1,5 @@
-"""Tests for the rollout collector, and its agreement with the replay buffer (DESIGN decisions 6 and 7)."""
+"""Tests for the rollout collector, and its agreement with the replay buffer (docs/design.md#replay-stores-episodes,
+#truncation-is-not-termination)."""
 
 from __future__ import annotations
 
@@ -57,7 +58,8 @@ def assert_episodes_equal(a: list[Episode], b: list[Episode]) -> None:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# The key test of DESIGN decision 6: the window the policy sees at act time is the window the buffer gathers.
+# The key test of docs/design.md#replay-stores-episodes: the window the policy sees at act time is the window the buffer
+# gathers.
 # --------------------------------------------------------------------------------------------------------------
 
 

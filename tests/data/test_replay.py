@@ -1,4 +1,4 @@
-"""Tests for the episode replay buffer (DESIGN decisions 6 and 7)."""
+"""Tests for the episode replay buffer (docs/design.md#replay-stores-episodes, #truncation-is-not-termination)."""
 
 from __future__ import annotations
 
@@ -184,8 +184,8 @@ def test_batch_shapes_and_dtypes() -> None:
 
 
 def test_collector_rolling_window_equals_gathered_window() -> None:
-    # DESIGN decision 6: the window a collector feeds the policy at act time (a deque of H zero entries,
-    # appended (a_t, r_t, o_t) after every step) must equal the window the buffer gathers for that transition.
+    # docs/design.md#replay-stores-episodes: the window a collector feeds the policy at act time (a deque of H zero
+    # entries, appended (a_t, r_t, o_t) after every step) must equal the window the buffer gathers for that transition.
     rng = np.random.default_rng(3)
     obs, actions, rewards, next_obs, terminated = make_episode(rng, 11, terminal=True)
     buf = EpisodeReplay(1, 64, OBS, ACT, H)

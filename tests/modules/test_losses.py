@@ -1,4 +1,4 @@
-"""Tests for the TD3 losses and the proximal term, against hand computations (DESIGN decisions 5 and 7)."""
+"""Tests for the TD3 losses and the proximal term, against hand computations, as the TD3 update composes them."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ import torch
 from torch import nn
 
 from mql_lightning.data.replay import ReplayBatch
+from mql_lightning.modules.agent import TD3Agent
 from mql_lightning.modules.context import ContextEncoder
-from mql_lightning.modules.losses import actor_loss, critic_loss, proximal_term, weighted_mean
-from mql_lightning.modules.td3 import TD3Agent
+from mql_lightning.modules.losses import proximal_term, weighted_mean
+from mql_lightning.modules.td3 import polyak_update
+from tests.helpers.td3 import actor_loss_of, critic_loss_of
 
 OBS, ACT, H, B = 3, 2, 4, 5
 C = ACT + 1 + OBS
@@ -86,7 +88,7 @@ def hand_critic_per_sample(agent: TD3Agent, batch: ReplayBatch) -> torch.Tensor:
 def test_critic_loss_equals_the_hand_computed_clipped_double_q_td_error() -> None:
     agent = linear_agent()
     batch = make_batch()
-    loss, metrics = critic_loss(agent, batch)
+    loss, metrics = critic_loss_of(agent, batch)
     torch.testing.assert_close(loss, hand_critic_per_sample(agent, batch).mean())
     with torch.no_grad():
         q1, _ = hand_q(agent.critic, batch.obs, batch.action)
@@ -97,9 +99,9 @@ def test_critic_loss_equals_the_hand_computed_clipped_double_q_td_error() -> Non
 def test_critic_loss_uses_the_target_networks_for_the_bootstrap() -> None:
     agent = linear_agent()
     batch = make_batch(terminated=torch.zeros(B))
-    loss, _ = critic_loss(agent, batch)
-    agent.update_targets()  # moves the targets (only) toward the online networks
-    moved, _ = critic_loss(agent, batch)
+    loss, _ = critic_loss_of(agent, batch)
+    polyak_update(agent)  # moves the targets (only) toward the online networks
+    moved, _ = critic_loss_of(agent, batch)
     assert not torch.allclose(loss, moved)
     torch.testing.assert_close(moved, hand_critic_per_sample(agent, batch).mean())
 
@@ -107,36 +109,40 @@ def test_critic_loss_uses_the_target_networks_for_the_bootstrap() -> None:
 def test_terminated_transitions_are_not_bootstrapped() -> None:
     agent = linear_agent()
     batch = make_batch(terminated=torch.ones(B))
-    loss, metrics = critic_loss(agent, batch)
+    loss, metrics = critic_loss_of(agent, batch)
     with torch.no_grad():
         q1, q2 = hand_q(agent.critic, batch.obs, batch.action)
     torch.testing.assert_close(loss, ((q1 - batch.reward) ** 2 + (q2 - batch.reward) ** 2).mean())
     torch.testing.assert_close(metrics["target_mean"], batch.reward.mean())
     # Changing next_obs cannot matter once every transition terminated, and does matter otherwise.
     other = batch._replace(next_obs=batch.next_obs + 5.0)
-    torch.testing.assert_close(critic_loss(agent, other)[0], loss)
+    torch.testing.assert_close(critic_loss_of(agent, other)[0], loss)
     live = batch._replace(terminated=torch.zeros(B))
     assert not torch.allclose(
-        critic_loss(agent, live)[0], critic_loss(agent, live._replace(next_obs=other.next_obs))[0]
+        critic_loss_of(agent, live)[0], critic_loss_of(agent, live._replace(next_obs=other.next_obs))[0]
     )
 
 
 def test_critic_loss_with_context_matches_the_agent_components() -> None:
     agent = context_agent()
     batch = make_batch()
-    loss, _ = critic_loss(agent, batch)
+    loss, _ = critic_loss_of(agent, batch)
     with torch.no_grad():
-        y = batch.reward + GAMMA * (1 - batch.terminated) * agent.target_q(batch.next_obs, batch.next_history)
+        z_actor = agent.actor_context_target(batch.next_history)
+        z_critic = agent.critic_context_target(batch.next_history)
+        next_action = agent.actor_target(torch.cat([batch.next_obs, z_actor], -1))
+        next_q = torch.minimum(*agent.critic_target(torch.cat([batch.next_obs, next_action, z_critic], -1)))
+        y = batch.reward + GAMMA * (1 - batch.terminated) * next_q
         q1, q2 = agent.q_values(batch.obs, batch.action, batch.history)
     torch.testing.assert_close(loss, ((q1 - y) ** 2 + (q2 - y) ** 2).mean())
     # Histories matter: the next-history enters the target, the history the online estimate.
-    assert not torch.allclose(critic_loss(agent, batch._replace(next_history=batch.history))[0], loss)
-    assert not torch.allclose(critic_loss(agent, batch._replace(history=batch.next_history))[0], loss)
+    assert not torch.allclose(critic_loss_of(agent, batch._replace(next_history=batch.history))[0], loss)
+    assert not torch.allclose(critic_loss_of(agent, batch._replace(history=batch.next_history))[0], loss)
 
 
 def test_critic_loss_trains_the_critic_and_its_encoder_but_not_the_actor_or_targets() -> None:
     agent = context_agent()
-    loss, _ = critic_loss(agent, make_batch())
+    loss, _ = critic_loss_of(agent, make_batch())
     loss.backward()
     assert all(p.grad is not None for p in agent.critic_parameters())
     assert all(p.grad is None for p in agent.actor_parameters())
@@ -145,9 +151,9 @@ def test_critic_loss_trains_the_critic_and_its_encoder_but_not_the_actor_or_targ
 def test_target_smoothing_noise_is_reproducible_with_a_seeded_generator() -> None:
     agent = linear_agent(policy_noise=0.5)
     batch = make_batch(terminated=torch.zeros(B))
-    a, _ = critic_loss(agent, batch, torch.Generator().manual_seed(0))
-    b, _ = critic_loss(agent, batch, torch.Generator().manual_seed(0))
-    c, _ = critic_loss(agent, batch, torch.Generator().manual_seed(1))
+    a, _ = critic_loss_of(agent, batch, torch.Generator().manual_seed(0))
+    b, _ = critic_loss_of(agent, batch, torch.Generator().manual_seed(0))
+    c, _ = critic_loss_of(agent, batch, torch.Generator().manual_seed(1))
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert not torch.allclose(a, c)
 
@@ -159,12 +165,12 @@ def test_target_smoothing_noise_is_reproducible_with_a_seeded_generator() -> Non
 
 def test_unit_weights_equal_the_unweighted_critic_loss() -> None:
     agent, batch = linear_agent(), make_batch()
-    torch.testing.assert_close(critic_loss(agent, batch, weights=torch.ones(B))[0], critic_loss(agent, batch)[0])
+    torch.testing.assert_close(critic_loss_of(agent, batch, weights=torch.ones(B))[0], critic_loss_of(agent, batch)[0])
 
 
 def test_zero_weights_give_zero_loss_and_zero_gradient() -> None:
     agent, batch = linear_agent(), make_batch()
-    loss, _ = critic_loss(agent, batch, weights=torch.zeros(B))
+    loss, _ = critic_loss_of(agent, batch, weights=torch.zeros(B))
     assert loss.item() == 0.0
     loss.backward()
     assert all(p.grad is not None and not p.grad.any() for p in agent.critic_parameters())
@@ -172,17 +178,17 @@ def test_zero_weights_give_zero_loss_and_zero_gradient() -> None:
 
 def test_weights_scale_each_sample_loss() -> None:
     agent, batch = linear_agent(), make_batch()
-    base = critic_loss(agent, batch)[0]
-    torch.testing.assert_close(critic_loss(agent, batch, weights=torch.full((B,), 2.5))[0], 2.5 * base)
+    base = critic_loss_of(agent, batch)[0]
+    torch.testing.assert_close(critic_loss_of(agent, batch, weights=torch.full((B,), 2.5))[0], 2.5 * base)
     per_sample = hand_critic_per_sample(agent, batch)
     weights = torch.tensor([0.0, 2.0, 0.5, 1.0, 3.0])
-    torch.testing.assert_close(critic_loss(agent, batch, weights=weights)[0], (weights * per_sample).mean())
+    torch.testing.assert_close(critic_loss_of(agent, batch, weights=weights)[0], (weights * per_sample).mean())
     # A single weight of B on one sample is that sample's loss alone.
     k = 3
     one_hot = torch.zeros(B)
     one_hot[k] = float(B)
     single = ReplayBatch(*(t[k : k + 1] for t in batch))
-    torch.testing.assert_close(critic_loss(agent, batch, weights=one_hot)[0], critic_loss(agent, single)[0])
+    torch.testing.assert_close(critic_loss_of(agent, batch, weights=one_hot)[0], critic_loss_of(agent, single)[0])
 
 
 def test_weighted_mean() -> None:
@@ -198,27 +204,27 @@ def test_weighted_mean() -> None:
 
 def test_actor_loss_is_minus_the_mean_first_critic_value_of_the_policy_action() -> None:
     agent, batch = linear_agent(), make_batch()
-    loss, _ = actor_loss(agent, batch)
+    loss = actor_loss_of(agent, batch)
     with torch.no_grad():
         action = torch.tanh(linear(agent.actor.net[0], batch.obs))
         q1, q2 = hand_q(agent.critic, batch.obs, action)
     torch.testing.assert_close(loss, -q1.mean())
     assert not torch.allclose(loss, -q2.mean())  # Q1, not Q2 nor the minimum
     weights = torch.tensor([1.0, 0.0, 2.0, 0.5, 1.5])
-    torch.testing.assert_close(actor_loss(agent, batch, weights)[0], -(weights * q1).mean())
+    torch.testing.assert_close(actor_loss_of(agent, batch, weights), -(weights * q1).mean())
 
 
 def test_actor_loss_ignores_the_stored_action() -> None:
     agent, batch = linear_agent(), make_batch()
     other = batch._replace(action=-batch.action)
-    torch.testing.assert_close(actor_loss(agent, batch)[0], actor_loss(agent, other)[0])
+    torch.testing.assert_close(actor_loss_of(agent, batch), actor_loss_of(agent, other))
 
 
 def test_actor_loss_with_context_matches_the_agent_components() -> None:
     agent, batch = context_agent(), make_batch()
     with torch.no_grad():
         expected = -agent.q1(batch.obs, agent.act(batch.obs, batch.history), batch.history).mean()
-    torch.testing.assert_close(actor_loss(agent, batch)[0], expected)
+    torch.testing.assert_close(actor_loss_of(agent, batch), expected)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Tests for the propensity classifier, beta, ESS and lambda (Eqs. 11-13, Remarks 3-4, DESIGN decision 2)."""
+"""Tests for the propensity classifier, beta, ESS and lambda (Eqs. 11-13, Remarks 3-4,
+docs/design.md#beta-and-the-effective-sample-size)."""
 
 from __future__ import annotations
 
@@ -162,7 +163,8 @@ def test_beta_below_the_floor_is_zeroed_after_the_clip() -> None:
 
 
 def ess_end_to_end(replay_shift: float) -> torch.Tensor:
-    """Fit on new vs replay, then ESS of beta on a fresh replay batch (DESIGN decision 2: ESS over replay)."""
+    """Fit on new vs replay, then ESS of beta on a fresh replay batch (ESS over replay:
+    docs/design.md#beta-and-the-effective-sample-size)."""
     d = 8
     new = gaussian(200, shifted_mean(0.0, d), seed=1, d=d)
     replay = gaussian(400, shifted_mean(replay_shift, d), seed=2, d=d)

@@ -1,4 +1,4 @@
-"""Tests for the TD3 agent: shapes, parameter groups, target networks (DESIGN decision 4)."""
+"""Tests for the TD3 agent (shapes, parameter groups, target networks) and its update (TD target, Polyak)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import torch
 from torch import nn
 
 from mql_lightning.data.replay import ReplayBatch
+from mql_lightning.modules.agent import TD3Agent
 from mql_lightning.modules.context import ContextEncoder
-from mql_lightning.modules.td3 import TD3Agent, td3_update
+from mql_lightning.modules.td3 import polyak_update, td3_update, td_target
 
 OBS, ACT, H, B, Z = 3, 2, 4, 6, 5
 C = ACT + 1 + OBS
@@ -45,6 +46,15 @@ def inputs(seed: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return obs, action, history
 
 
+def target(
+    agent: TD3Agent, next_obs: torch.Tensor, next_history: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """The TD target of transitions with reward 0 that did not terminate: ``gamma min(Q1', Q2')(x', a')``."""
+    zeros = torch.zeros(len(next_obs))
+    batch = ReplayBatch(next_obs, next_obs[:, :ACT], zeros, next_obs, zeros, zeros.long(), next_history, next_history)
+    return td_target(agent, batch, generator)
+
+
 def ids(params: Iterator[nn.Parameter]) -> list[int]:
     return [id(p) for p in params]
 
@@ -62,7 +72,7 @@ def test_output_shapes(context: object) -> None:
     q1, q2 = agent.q_values(obs, action, history)
     assert q1.shape == q2.shape == (B,)
     assert agent.q1(obs, action, history).shape == (B,)
-    assert agent.target_q(obs, history, torch.Generator().manual_seed(0)).shape == (B,)
+    assert target(agent, obs, history, torch.Generator().manual_seed(0)).shape == (B,)
 
 
 def test_actions_lie_in_the_unit_box_even_for_extreme_inputs() -> None:
@@ -101,7 +111,7 @@ def test_plain_td3_has_no_context_encoders_and_ignores_the_history() -> None:
     torch.testing.assert_close(agent.q_values(obs, action, history), agent.q_values(obs, action, other))
     gen = torch.Generator
     torch.testing.assert_close(
-        agent.target_q(obs, history, gen().manual_seed(0)), agent.target_q(obs, other, gen().manual_seed(0))
+        target(agent, obs, history, gen().manual_seed(0)), target(agent, obs, other, gen().manual_seed(0))
     )
     assert agent.actor.net[0].in_features == OBS
     assert agent.critic.q1[0].in_features == OBS + ACT
@@ -190,7 +200,7 @@ def test_targets_are_frozen_independent_copies_equal_to_the_online_networks() ->
             torch.testing.assert_close(p, t, rtol=0, atol=0)
 
 
-def test_update_targets_moves_every_target_by_exactly_tau() -> None:
+def test_polyak_update_moves_every_target_by_exactly_tau() -> None:
     tau = 0.25
     agent = make_agent(tau=tau)
     with torch.no_grad():
@@ -198,7 +208,7 @@ def test_update_targets_moves_every_target_by_exactly_tau() -> None:
             for p in online.parameters():
                 p.add_(torch.randn_like(p))
     before = {name: t.clone() for name, t in agent.named_parameters() if not t.requires_grad}
-    agent.update_targets()
+    polyak_update(agent)
 
     # One tensor numerically: the first actor layer's weight.
     w, w_t0 = agent.actor.net[0].weight, before["actor_target.net.0.weight"]
@@ -213,62 +223,62 @@ def test_update_targets_moves_every_target_by_exactly_tau() -> None:
             torch.testing.assert_close(t, old + tau * (p - old))
 
 
-def test_update_targets_with_tau_one_copies_the_online_networks() -> None:
+def test_polyak_update_with_tau_one_copies_the_online_networks() -> None:
     agent = make_agent(tau=1.0, shared_context=True)
     with torch.no_grad():
         for p in agent.parameters():
             if p.requires_grad:
                 p.mul_(2.0).add_(0.5)
-    agent.update_targets()
+    polyak_update(agent)
     for online, target in online_target_pairs(agent):
         for p, t in zip(online.parameters(), target.parameters(), strict=True):
             torch.testing.assert_close(t, p)
 
 
 def test_a_copy_of_an_agent_updates_its_own_targets() -> None:
-    # update_targets keeps its parameter lists between calls: a deep copy (adaptation trains one) must get its own.
+    # The agent keeps its Polyak parameter lists between calls: a deep copy (adaptation trains one) must get its own.
     agent = make_agent(tau=1.0)
-    agent.update_targets()  # builds the lists
+    polyak_update(agent)  # builds the lists
     copy_ = copy.deepcopy(agent)
     with torch.no_grad():
         copy_.actor.net[0].weight.add_(1.0)
-    copy_.update_targets()
+    polyak_update(copy_)
     torch.testing.assert_close(copy_.actor_target.net[0].weight, copy_.actor.net[0].weight)
     torch.testing.assert_close(agent.actor_target.net[0].weight, agent.actor.net[0].weight)
     assert not torch.equal(agent.actor_target.net[0].weight, copy_.actor_target.net[0].weight)
 
 
-def test_update_targets_after_casting_the_agent_updates_the_cast_parameters() -> None:
+def test_polyak_update_after_casting_the_agent_updates_the_cast_parameters() -> None:
     agent = make_agent(tau=1.0)
-    agent.update_targets()
+    polyak_update(agent)
     agent.double()
     with torch.no_grad():
         agent.critic.q2[0].bias.add_(1.0)
-    agent.update_targets()
+    polyak_update(agent)
     assert agent.critic_target.q2[0].bias.dtype == torch.float64
     torch.testing.assert_close(agent.critic_target.q2[0].bias, agent.critic.q2[0].bias)
 
 
-def test_target_q_is_reproducible_per_generator_seed() -> None:
+def test_td_target_is_reproducible_per_generator_seed() -> None:
     agent = make_agent(policy_noise=0.5, noise_clip=0.5)
     obs, _, history = inputs()
-    a = agent.target_q(obs, history, torch.Generator().manual_seed(3))
-    b = agent.target_q(obs, history, torch.Generator().manual_seed(3))
-    c = agent.target_q(obs, history, torch.Generator().manual_seed(4))
+    a = target(agent, obs, history, torch.Generator().manual_seed(3))
+    b = target(agent, obs, history, torch.Generator().manual_seed(3))
+    c = target(agent, obs, history, torch.Generator().manual_seed(4))
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert not torch.allclose(a, c)
     assert not a.requires_grad
 
 
-def test_target_q_without_smoothing_noise_ignores_the_generator() -> None:
+def test_td_target_without_smoothing_noise_ignores_the_generator() -> None:
     agent = make_agent(policy_noise=0.0)
     obs, _, history = inputs()
-    a = agent.target_q(obs, history, torch.Generator().manual_seed(3))
-    c = agent.target_q(obs, history, torch.Generator().manual_seed(4))
+    a = target(agent, obs, history, torch.Generator().manual_seed(3))
+    c = target(agent, obs, history, torch.Generator().manual_seed(4))
     torch.testing.assert_close(a, c, rtol=0, atol=0)
 
 
-def test_target_q_is_the_minimum_of_the_twin_target_critics() -> None:
+def test_td_target_is_the_minimum_of_the_twin_target_critics() -> None:
     agent = make_agent(policy_noise=0.0)
     obs, _, history = inputs()
     with torch.no_grad():
@@ -277,7 +287,7 @@ def test_target_q_is_the_minimum_of_the_twin_target_critics() -> None:
         z_critic = agent.critic_context_target(history)
         q1, q2 = agent.critic_target(torch.cat([obs, next_action, z_critic], -1))
     assert (q1 < q2).any() and (q2 < q1).any()  # so the minimum really picks from both critics
-    torch.testing.assert_close(agent.target_q(obs, history), torch.minimum(q1, q2))
+    torch.testing.assert_close(target(agent, obs, history), agent.gamma * torch.minimum(q1, q2))
 
 
 # --------------------------------------------------------------------------------------------------------------
