@@ -172,7 +172,7 @@ class OurUpdate:
         self.agent = TD3Agent(
             sizes.obs,
             sizes.act,
-            context=(lambda d: ContextEncoder(d, gru, compiled=compiled)) if context else None,
+            context=(lambda d: ContextEncoder(d, gru, "compiled" if compiled else "torch")) if context else None,
             shared_context=shared_context,
             hidden_sizes=sizes.hidden,
             policy_noise=sizes.policy_noise,

@@ -9,7 +9,7 @@ out like a replay batch. One update is one critic step, plus an actor step and a
 a repetition is ``--updates`` consecutive updates (an even number, so every repetition holds the same mix). Ours runs
 through the public ``td3_update``, with the faithful layout (separate actor and critic context encoders,
 docs/design.md#context-encoders) with the context GRUs' compiled kernel (the default) and with their torch
-implementation (``ContextEncoder(compiled=False)``), and with ``shared_context=True``; the naive reference is
+implementation (``ContextEncoder(implementation="torch")``), and with ``shared_context=True``; the naive reference is
 ``benchmarks/naive_td3_context.py``. Repetitions of the four are interleaved.
 
 Table 1b times the context GRU pass alone at the update's shapes (two groups, batch 256): the compiled kernel, the

@@ -31,6 +31,7 @@ AUTHORS_SWITCHES = {
     "adaptation.settings.beta_floor": 0.1, "adaptation.settings.fixed_lambda": 0.1,
     "adaptation.settings.proximal_scale": "full", "adaptation.settings.proximal_new_task": False,
     "adaptation.settings.actor_step_first": True,
+    "model.agent.init_args.context.init_args.implementation": "nn",
 }
 TINY = [
     "--seed_everything=1", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
@@ -53,7 +54,7 @@ def resolved(*configs: str, capsys: pytest.CaptureFixture[str]) -> dict[str, Any
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in tree.items():
-        if isinstance(value, dict) and key != "init_args":
+        if isinstance(value, dict):
             out.update(flatten(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value

@@ -208,7 +208,10 @@ def build(config: str, tasks: int, seed: int) -> Setting:
                           replay_capacity=tasks * 2000, exploration_noise=cfg["data"]["exploration_noise"],
                           history_padding="authors")
     torch.manual_seed(seed)
-    agent = TD3Agent(dm.obs_dim, dm.action_dim, context=lambda d: ContextEncoder(d, z), **agent_args)
+    # nn.GRU itself, as theirs: the released code's arithmetic (configs/presets/authors.yaml selects it too).
+    agent = TD3Agent(
+        dm.obs_dim, dm.action_dim, context=lambda d: ContextEncoder(d, z, implementation="nn"), **agent_args
+    )
     adaptation = AdaptationConfig(**cfg["adaptation"]["settings"])
     rng = np.random.default_rng(seed)
     collector = dm.collector(dm.history_length)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import lightning as L
 import torch
@@ -24,17 +25,25 @@ class ContextEncoder(L.LightningModule):
     Args:
         input_dim: Width of one history entry, ``action_dim + 1 + obs_dim`` (linked from the task family).
         hidden_size: Width of the GRU state, i.e. of the context z.
-        compiled: Run the recurrence with the compiled CPU kernel (float32 on CPU, where numba works); ``false``
-            runs the torch implementation everywhere (the reference; same results to float rounding, slower).
+        implementation: How the recurrence is computed, the same function each way to float rounding: ``compiled``
+            (default) with the compiled CPU kernel (float32 on CPU, where numba works; elsewhere as ``torch``);
+            ``torch``, this project's grouped torch implementation everywhere (the kernel's reference); ``nn``,
+            ``nn.GRU`` itself with autograd, one encoder at a time: the slowest, and the released code's own
+            arithmetic (``configs/presets/authors.yaml`` selects it, so that adaptation there matches theirs to float
+            rounding rather than to the kernel's).
     """
 
-    def __init__(self, input_dim: int, hidden_size: int = 20, compiled: bool = True) -> None:
+    def __init__(
+        self, input_dim: int, hidden_size: int = 20, implementation: Literal["compiled", "torch", "nn"] = "compiled"
+    ) -> None:
         super().__init__()
         if input_dim <= 0 or hidden_size <= 0:
             raise ValueError(f"ContextEncoder needs input_dim > 0 and hidden_size > 0, got {input_dim}, {hidden_size}")
+        if implementation not in ("compiled", "torch", "nn"):
+            raise ValueError(f"implementation must be 'compiled', 'torch' or 'nn', got {implementation!r}")
         self.input_dim = input_dim
         self.hidden_size = hidden_size
-        self.compiled = compiled
+        self.implementation = implementation
         self.gru = nn.GRU(input_dim, hidden_size, batch_first=True)
 
     @property
@@ -64,7 +73,8 @@ def encode(encoders: Sequence[nn.Module], history: torch.Tensor) -> list[torch.T
 
     :class:`ContextEncoder` instances of equal sizes share one grouped recurrent pass (an actor's and a critic's
     encoder, or their two target copies, read the same windows in every TD3 update); an encoder listed twice (a
-    shared encoder) is run once; any other encoder module is simply called. Encoders whose parameters need no
+    shared encoder) is run once; an encoder with ``implementation="nn"`` and any other encoder module are simply
+    called. Encoders whose parameters need no
     gradient (the critic's, frozen during the actor step) run without recording a graph, in a group of their own, so
     that no backward pass is spent on them.
 
@@ -79,13 +89,18 @@ def encode(encoders: Sequence[nn.Module], history: torch.Tensor) -> list[torch.T
     for encoder in encoders:
         if not any(encoder is seen for seen in unique):
             unique.append(encoder)
-    contexts: dict[int, torch.Tensor] = {id(e): e(history) for e in unique if not isinstance(e, ContextEncoder)}
-    groups: dict[tuple[int, int, bool, bool], list[ContextEncoder]] = {}
+    grouped = [e for e in unique if isinstance(e, ContextEncoder) and e.implementation != "nn"]
+    contexts: dict[int, torch.Tensor] = {}
     for encoder in unique:
-        if isinstance(encoder, ContextEncoder):
-            trained = torch.is_grad_enabled() and any(w.requires_grad for w in encoder.gru_weights())
-            key = (encoder.input_dim, encoder.hidden_size, encoder.compiled, trained)
-            groups.setdefault(key, []).append(encoder)
+        if isinstance(encoder, ContextEncoder) and encoder.implementation == "nn":
+            contexts[id(encoder)] = encoder.gru(history)[1][-1]  # nn.GRU itself, its backward by autograd
+        elif not isinstance(encoder, ContextEncoder):
+            contexts[id(encoder)] = encoder(history)
+    groups: dict[tuple[int, int, bool, bool], list[ContextEncoder]] = {}
+    for encoder in grouped:
+        trained = torch.is_grad_enabled() and any(w.requires_grad for w in encoder.gru_weights())
+        key = (encoder.input_dim, encoder.hidden_size, encoder.implementation == "compiled", trained)
+        groups.setdefault(key, []).append(encoder)
     for (_, _, compiled, trained), group in groups.items():
         weights = [e.gru_weights() for e in group]
         if not trained and len(group) == 1 and not uses_kernel(history, weights, compiled):

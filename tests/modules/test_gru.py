@@ -221,13 +221,30 @@ def test_encode_calls_encoders_it_cannot_group() -> None:
     torch.testing.assert_close(z, history.mean(1))
 
 
-@pytest.mark.parametrize("compiled", [True, False], ids=["kernel", "torch"])
-def test_encoder_without_gradients_equals_the_grouped_pass(compiled: bool) -> None:
+@pytest.mark.parametrize("implementation", ["compiled", "torch", "nn"])
+def test_encoder_without_gradients_equals_the_grouped_pass(implementation: str) -> None:
     torch.manual_seed(2)
-    encoder = ContextEncoder(4, 3, compiled=compiled)
+    encoder = ContextEncoder(4, 3, implementation=implementation)
     history = torch.randn(6, 5, 4)
     with torch.no_grad():
         fast = encoder(history)  # no graph: the kernel, or torch's own GRU loop
     grouped = encoder(history)  # the differentiable pass (parameters require gradients)
     assert grouped.requires_grad
     torch.testing.assert_close(fast, grouped.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_the_three_encoder_implementations_give_the_same_contexts_and_gradients() -> None:
+    torch.manual_seed(3)
+    reference = ContextEncoder(4, 3, implementation="nn")
+    history = torch.randn(7, 5, 4)
+    reference(history).square().sum().backward()
+    for implementation in ("compiled", "torch"):
+        encoder = ContextEncoder(4, 3, implementation=implementation)
+        encoder.load_state_dict(reference.state_dict())
+        z = encoder(history)
+        torch.testing.assert_close(z, reference(history), rtol=1e-5, atol=1e-6)
+        z.square().sum().backward()
+        for ours, theirs in zip(encoder.parameters(), reference.parameters(), strict=True):
+            torch.testing.assert_close(ours.grad, theirs.grad, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="implementation must be"):
+        ContextEncoder(4, 3, implementation="cuda")

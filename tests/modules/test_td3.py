@@ -340,8 +340,8 @@ def test_updates_with_the_compiled_gru_and_the_torch_gru_agree(shared_context: b
         task=torch.zeros(32, dtype=torch.long), history=window[:, :-1], next_history=window[:, 1:],
     )
     runs = []
-    for compiled in (True, False):
-        agent = make_agent(context=lambda d, c=compiled: ContextEncoder(d, hidden_size=Z, compiled=c),
+    for implementation in ("compiled", "torch"):
+        agent = make_agent(context=lambda d, i=implementation: ContextEncoder(d, hidden_size=Z, implementation=i),
                            shared_context=shared_context, policy_noise=0.2)
         actor_opt = torch.optim.Adam(agent.actor_parameters(), lr=1e-3)
         critic_params = list(agent.critic_parameters())
