@@ -14,13 +14,17 @@ from mql_lightning.plot import find_runs, group_runs
 pytest.importorskip("matplotlib")
 
 
-def _write_run(root: Path, seed: int, returns: list[float], lr: float = 1e-3, lam: float | None = 0.3) -> Path:
+def _write_run(
+    root: Path, seed: int, returns: list[float], lr: float = 1e-3, lam: float | None = 0.3, late: int = 0
+) -> Path:
+    """A run validating every 1,000 steps, each validation ``late`` steps past its boundary (episodes ending early)."""
     run = root / f"version_{seed}"
     run.mkdir(parents=True)
     config = {
         "seed_everything": seed,
         "trainer": {"logger": [{"class_path": "CSVLogger", "init_args": {"name": "exp", "version": seed}}]},
         "model": {"lr": lr},
+        "data": {"val_every_env_steps": 1000},
     }
     (run / "config.yaml").write_text(yaml.safe_dump(config))
     columns = ["step", "train/critic_loss", "val/return", "val/return_pre_adapt", "val/lambda", "val/task_0/lambda"]
@@ -30,7 +34,7 @@ def _write_run(root: Path, seed: int, returns: list[float], lr: float = 1e-3, la
         for k, value in enumerate(returns):
             writer.writerow([k * 1000 + 500, 0.1, "", "", "", ""])  # a training row: ignored
             lam_cell = "" if lam is None else lam
-            writer.writerow([(k + 1) * 1000, "", value, value - 1.0, lam_cell, lam_cell])
+            writer.writerow([(k + 1) * 1000 + late, "", value, value - 1.0, lam_cell, lam_cell])
     return run
 
 
@@ -45,6 +49,15 @@ def test_seeds_of_one_configuration_make_one_curve_and_other_settings_another(tm
     assert values.tolist() == [[-10.0, -8.0], [-12.0, -6.0]]
     # Same run name, different settings: the labels tell them apart.
     assert curves[0].label != curves[1].label
+
+
+def test_validations_reached_late_by_different_seeds_are_aligned_on_the_schedule(tmp_path: Path) -> None:
+    _write_run(tmp_path / "a", 0, [-10.0, -8.0], late=20)
+    _write_run(tmp_path / "a", 1, [-12.0, -6.0], late=7)
+    (curve,) = group_runs(find_runs([tmp_path / "a"]))
+    steps, values = curve.aggregate("return")
+    assert steps.tolist() == [1000, 2000]
+    assert values.tolist() == [[-10.0, -8.0], [-12.0, -6.0]]
 
 
 def test_plot_writes_figures_and_a_summary_of_mean_min_max(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
