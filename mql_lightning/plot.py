@@ -79,20 +79,25 @@ def load_run(metrics: Path) -> Run:
     Validations are placed on the run's validation schedule: one logged at environment step ``s`` is the one due at
     ``(s // val_every_env_steps) * val_every_env_steps``. Iterations collect whole episodes, so a family whose
     episodes end early reaches each boundary a few steps past it, differently in every seed; aligned, the seeds'
-    validations average together.
+    validations average together. The random warm-up is collected in one go, so a boundary inside it is validated
+    when it ends: that validation is placed at ``data.warmup_steps``.
     """
     run_dir = metrics.parent
     config_path = run_dir / "config.yaml"
     config: dict[str, Any] = yaml.safe_load(config_path.read_text()) if config_path.exists() else {}
     name = _run_name(config, run_dir)
     key = yaml.safe_dump(_experiment(config), sort_keys=True)
-    interval = (config.get("data") or {}).get("val_every_env_steps") or 1
+    data = config.get("data") or {}
+    interval, warmup = data.get("val_every_env_steps") or 1, data.get("warmup_steps") or 0
     by_step: dict[int, dict[str, float]] = {}
     with metrics.open(newline="") as f:
         for row in csv.DictReader(f):
             if not row.get("val/return") or not row.get("step"):
                 continue
-            step = int(float(row["step"])) // interval * interval
+            logged = int(float(row["step"]))
+            step = logged // interval * interval
+            if step < warmup <= logged:
+                step = warmup
             by_step.setdefault(step, {}).update({k: float(v) for k, v in row.items() if k.startswith("val/") and v})
     run = Run(run_dir, name, key, seed=config.get("seed_everything"), steps=sorted(by_step))
     for stat in STATS:

@@ -15,16 +15,23 @@ pytest.importorskip("matplotlib")
 
 
 def _write_run(
-    root: Path, seed: int, returns: list[float], lr: float = 1e-3, lam: float | None = 0.3, late: int = 0
+    root: Path,
+    seed: int,
+    returns: list[float],
+    lr: float = 1e-3,
+    lam: float | None = 0.3,
+    late: int = 0,
+    warmup: int = 0,
 ) -> Path:
-    """A run validating every 1,000 steps, each validation ``late`` steps past its boundary (episodes ending early)."""
+    """A run validating every 1,000 steps, each validation ``late`` steps past its boundary (episodes ending early);
+    with ``warmup`` steps of random warm-up collected at once, the first validation comes at its end."""
     run = root / f"version_{seed}"
     run.mkdir(parents=True)
     config = {
         "seed_everything": seed,
         "trainer": {"logger": [{"class_path": "CSVLogger", "init_args": {"name": "exp", "version": seed}}]},
         "model": {"lr": lr},
-        "data": {"val_every_env_steps": 1000},
+        "data": {"val_every_env_steps": 1000, "warmup_steps": warmup},
     }
     (run / "config.yaml").write_text(yaml.safe_dump(config))
     columns = ["step", "train/critic_loss", "val/return", "val/return_pre_adapt", "val/lambda", "val/task_0/lambda"]
@@ -34,7 +41,9 @@ def _write_run(
         for k, value in enumerate(returns):
             writer.writerow([k * 1000 + 500, 0.1, "", "", "", ""])  # a training row: ignored
             lam_cell = "" if lam is None else lam
-            writer.writerow([(k + 1) * 1000 + late, "", value, value - 1.0, lam_cell, lam_cell])
+            first = warmup or 1000
+            step = first if k == 0 else (first // 1000 + k) * 1000
+            writer.writerow([step + late, "", value, value - 1.0, lam_cell, lam_cell])
     return run
 
 
@@ -57,6 +66,15 @@ def test_validations_reached_late_by_different_seeds_are_aligned_on_the_schedule
     (curve,) = group_runs(find_runs([tmp_path / "a"]))
     steps, values = curve.aggregate("return")
     assert steps.tolist() == [1000, 2000]
+    assert values.tolist() == [[-10.0, -8.0], [-12.0, -6.0]]
+
+
+def test_a_validation_at_the_end_of_a_warm_up_between_boundaries_is_placed_at_the_warm_up(tmp_path: Path) -> None:
+    _write_run(tmp_path / "a", 0, [-10.0, -8.0], warmup=2500)  # validations logged at steps 2,500 and 3,000
+    _write_run(tmp_path / "a", 1, [-12.0, -6.0], warmup=2500, late=7)
+    (curve,) = group_runs(find_runs([tmp_path / "a"]))
+    steps, values = curve.aggregate("return")
+    assert steps.tolist() == [2500, 3000]
     assert values.tolist() == [[-10.0, -8.0], [-12.0, -6.0]]
 
 
