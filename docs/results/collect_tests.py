@@ -28,7 +28,9 @@ with out.open("w", newline="") as f:
     writer.writerows(rows)
 seeds = sorted({r["seed"] for r in rows})
 for variant in sorted({r["variant"] for r in rows}):
-    for column in ("return_pre_adapt", "return", "lambda", "beta_mean"):
+    for column in ("return_pre_adapt", "return", "success_pre_adapt", "success", "lambda", "beta_mean"):
+        if column not in rows[0]:
+            continue  # success: families that report one (Meta-World)
         per_seed = [
             st.mean(float(r[column]) for r in rows if r["variant"] == variant and r["seed"] == seed) for seed in seeds
         ]
