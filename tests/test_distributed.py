@@ -25,30 +25,14 @@ from mql_lightning.data.replay import EpisodeReplay, join_task_states
 from mql_lightning.data.side_file import load_replay_for, replay_path, save_replay
 from tests.helpers.callbacks import callback_arg
 from tests.helpers.processes import run_mql_script
+from tests.helpers.runs import tiny_point_run
 
 # --------------------------------------------------------------------------------------------------------------
 # Two processes through the real `mql fit`
 # --------------------------------------------------------------------------------------------------------------
-TINY = [
-    "--seed_everything=0",
-    "--trainer.enable_progress_bar=false",
-    "--trainer.enable_model_summary=false",
-    "--model.agent.init_args.hidden_sizes=[32,32]",
-    "--model.agent.init_args.context.init_args.hidden_size=8",
-    "--data.num_train_tasks=4",
-    "--data.num_val_tasks=3",
-    "--data.num_test_tasks=2",
-    "--data.tasks_per_validation=3",
-    "--data.batch_size=32",
-    "--data.warmup_steps=200",
-    "--data.max_env_steps=600",
-    "--data.val_every_env_steps=300",
-    "--data.eval_episodes=1",
-    "--adaptation.settings.num_steps=40",
-    "--adaptation.settings.new_task_updates=2",
-    "--adaptation.settings.replay_updates=3",
-    "--trainer.log_every_n_steps=10",
-]
+TINY = tiny_point_run(
+    num_val_tasks=3, tasks_per_validation=3, warmup_steps=200, max_env_steps=600, val_every_env_steps=300
+)
 DDP = ["--trainer.devices=2", "--trainer.accelerator=cpu"]  # the default strategy: `mql` picks DDP for unused params
 
 

@@ -37,30 +37,31 @@ def run_fit(root: Path, *extra: str) -> Path:
     return runs[-1]
 
 
+def tiny_point_run(**data: object) -> list[str]:
+    """Arguments of a tiny point-robot ``mql fit`` (32x32 networks, GRU 8, 4 training tasks, a 40-step adaptation of
+    2 + 3 updates): the runs the resume, interrupt and DDP tests compare; ``data`` sets or adds ``--data.*`` values."""
+    settings = {
+        "num_train_tasks": 4, "num_val_tasks": 2, "num_test_tasks": 2, "tasks_per_validation": 2, "batch_size": 32,
+        "warmup_steps": 100, "val_every_env_steps": 200, "eval_episodes": 1, **data,
+    }
+    return [
+        "--seed_everything=0",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        "--model.agent.init_args.hidden_sizes=[32,32]",
+        "--model.agent.init_args.context.init_args.hidden_size=8",
+        *(f"--data.{key}={value}" for key, value in settings.items()),
+        "--adaptation.settings.num_steps=40",
+        "--adaptation.settings.new_task_updates=2",
+        "--adaptation.settings.replay_updates=3",
+        "--trainer.log_every_n_steps=10",
+    ]
+
+
 # The exact-resume runs: a point-robot run of 400 environment steps, validating (with adaptation) at 0, 200 and 400,
 # logging draws from the global generators (GlobalDraws) besides the model's own numbers.
 BUDGET = 400
-RESUME_ARGS = [
-    "--seed_everything=0",
-    "--trainer.enable_progress_bar=false",
-    "--trainer.enable_model_summary=false",
-    "--model.agent.init_args.hidden_sizes=[32,32]",
-    "--model.agent.init_args.context.init_args.hidden_size=8",
-    "--data.num_train_tasks=4",
-    "--data.num_val_tasks=2",
-    "--data.num_test_tasks=2",
-    "--data.tasks_per_validation=2",
-    "--data.batch_size=32",
-    "--data.warmup_steps=100",
-    "--data.val_every_env_steps=200",
-    "--data.eval_episodes=1",
-    "--adaptation.settings.num_steps=40",
-    "--adaptation.settings.new_task_updates=2",
-    "--adaptation.settings.replay_updates=3",
-    "--trainer.log_every_n_steps=10",
-    callback_arg("GlobalDraws"),
-]
-
+RESUME_ARGS = [*tiny_point_run(), callback_arg("GlobalDraws")]
 
 def fit(root: Path, *extra: str) -> Path:
     """``mql fit`` of the exact-resume configuration in-process, the runs under ``root``; the run directory."""
