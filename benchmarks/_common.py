@@ -7,11 +7,10 @@ directory is on ``sys.path``).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import inspect
 import statistics
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -21,7 +20,7 @@ from rich.table import Table
 from mql_lightning.data.replay import ReplayBatch
 from mql_lightning.modules.agent import TD3Agent
 from mql_lightning.modules.context import ContextEncoder
-from mql_lightning.modules.td3 import td3_update
+from mql_lightning.modules.td3 import frozen, td3_update
 
 # Wide enough for every table when the output is piped to a file (rich falls back to 80 columns there).
 CONSOLE = Console() if Console().is_terminal else Console(width=160)
@@ -139,18 +138,6 @@ def random_batch(sizes: Sizes, seed: int = 0) -> ReplayBatch:
         history=window[:, :-1],
         next_history=window[:, 1:],
     )
-
-
-@contextlib.contextmanager
-def frozen(params: Sequence[torch.nn.Parameter]) -> Iterator[None]:
-    """Keep ``params`` out of the autograd graph (the critics during the actor step)."""
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p in params:
-            p.requires_grad_(True)
 
 
 class OurUpdate:

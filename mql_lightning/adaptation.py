@@ -33,7 +33,6 @@ from typing import TYPE_CHECKING, Literal
 import gymnasium
 import numpy as np
 import torch
-from torch import nn
 
 from mql_lightning import interrupt
 from mql_lightning.data.collector import Collector
@@ -47,7 +46,7 @@ from mql_lightning.modules.propensity import (
     proximal_coefficient,
     require_solver,
 )
-from mql_lightning.modules.td3 import td3_update
+from mql_lightning.modules.td3 import frozen, td3_update
 
 if TYPE_CHECKING:
     from mql_lightning.data.datamodule import MetaRLDataModule
@@ -513,7 +512,7 @@ class _ProximalTD3:
 
         td3_update(
             self.agent, batch, self.updates + self.delay_shift, self.actor_opt, self.critic_opt, torch.Tensor.backward,
-            freeze_critic=lambda: _frozen(self.critic_params), generator=self.generator, weights=weights,
+            freeze_critic=lambda: frozen(self.critic_params), generator=self.generator, weights=weights,
             penalty=penalty if isinstance(lam, torch.Tensor) or lam > 0 else None,
         )
 
@@ -610,21 +609,6 @@ def _features(agent: TD3Agent, batch: ReplayBatch, kind: str, obs_first: bool = 
 
 def _to(batch: ReplayBatch, device: torch.device) -> ReplayBatch:
     return ReplayBatch(*(t.to(device) for t in batch))
-
-
-class _frozen:
-    """Freeze parameters during the actor step, so the actor loss builds no critic gradients."""
-
-    def __init__(self, params: list[nn.Parameter]) -> None:
-        self.params = params
-
-    def __enter__(self) -> None:
-        for p in self.params:
-            p.requires_grad_(False)
-
-    def __exit__(self, *exc: object) -> None:
-        for p in self.params:
-            p.requires_grad_(True)
 
 
 def _with_time_limit(env_fn: Callable[[], gymnasium.Env], limit: int) -> Callable[[], gymnasium.Env]:

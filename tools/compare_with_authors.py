@@ -60,7 +60,7 @@ from mql_lightning.data.datamodule import MetaRLDataModule
 from mql_lightning.data.replay import EpisodeReplay, ReplayBatch
 from mql_lightning.modules.agent import TD3Agent, acting_policy
 from mql_lightning.modules.context import ContextEncoder
-from mql_lightning.modules.td3 import td3_update
+from mql_lightning.modules.td3 import frozen, td3_update
 
 # The authors' released settings (configs/presets/authors.yaml); the data-side switches act before the arithmetic
 # compared here (task_weighting picks the batches, which both sides share; warm-up and evaluation windows are
@@ -358,7 +358,7 @@ def compare_update(theirs: dict[str, Any], s: Setting, seed: int, updates: int) 
         actor_opt = torch.optim.Adam(agent.actor_parameters(), lr=s.lr, fused=fused)
         critic_opt = torch.optim.Adam(agent.critic_parameters(), lr=s.lr, fused=fused)
         noise = torch.Generator().manual_seed(seed + 1)
-        freeze = functools.partial(_frozen, agent)
+        freeze = functools.partial(frozen, list(agent.critic_parameters()))
         critic_losses, actor_losses = [], []
         for it, batch in enumerate(batches):
             # Their `it % policy_freq == 0` (it from 0) is this update index's `% policy_delay == 0`.
@@ -376,18 +376,6 @@ def compare_update(theirs: dict[str, Any], s: Setting, seed: int, updates: int) 
         rows.append(parameter_row("update", f"all online and target parameters after {updates} updates ({adam})",
                                   nets, agent))
     return rows
-
-
-@contextlib.contextmanager
-def _frozen(agent: TD3Agent) -> Iterator[None]:
-    params = list(agent.critic_parameters())
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p in params:
-            p.requires_grad_(True)
 
 
 # ------------------------------------------------------------------------------------------------------- part 4

@@ -8,7 +8,8 @@ weights beta): callers bring their optimisers and backward pass (Lightning's ``m
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -81,6 +82,20 @@ def td3_update(
 
 
 @torch.no_grad()
+@contextlib.contextmanager
+def frozen(params: Iterable[torch.nn.Parameter]) -> Iterator[None]:
+    """Keep ``params`` out of the autograd graph while inside: the ``freeze_critic`` of :func:`td3_update` outside
+    Lightning (the actor loss then builds no critic gradients, which nobody would use)."""
+    params = list(params)
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
 def td_target(agent: TD3Agent, batch: ReplayBatch, generator: torch.Generator | None = None) -> torch.Tensor:
     """Eq. 7's target ``r + gamma (1 - d) min(Q1', Q2')(x', a')`` with TD3's target-policy smoothing,
     ``a' = clip(u'(x') + clip(eps, -c, c), -1, 1)``, ``eps ~ N(0, policy_noise)``: the clipped double-Q target.
