@@ -81,7 +81,6 @@ def td3_update(
     return loss_c, loss_a, info
 
 
-@torch.no_grad()
 @contextlib.contextmanager
 def frozen(params: Iterable[torch.nn.Parameter]) -> Iterator[None]:
     """Keep ``params`` out of the autograd graph while inside: the ``freeze_critic`` of :func:`td3_update` outside
@@ -96,6 +95,7 @@ def frozen(params: Iterable[torch.nn.Parameter]) -> Iterator[None]:
             p.requires_grad_(True)
 
 
+@torch.no_grad()
 def td_target(agent: TD3Agent, batch: ReplayBatch, generator: torch.Generator | None = None) -> torch.Tensor:
     """Eq. 7's target ``r + gamma (1 - d) min(Q1', Q2')(x', a')`` with TD3's target-policy smoothing,
     ``a' = clip(u'(x') + clip(eps, -c, c), -1, 1)``, ``eps ~ N(0, policy_noise)``: the clipped double-Q target.

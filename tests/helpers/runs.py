@@ -63,6 +63,7 @@ def tiny_point_run(**data: object) -> list[str]:
 BUDGET = 400
 RESUME_ARGS = [*tiny_point_run(), callback_arg("GlobalDraws")]
 
+
 def fit(root: Path, *extra: str) -> Path:
     """``mql fit`` of the exact-resume configuration in-process, the runs under ``root``; the run directory."""
     main(["fit", *RESUME_ARGS, f"--trainer.logger.init_args.save_dir={root}", f"--data.max_env_steps={BUDGET}", *extra])

@@ -270,6 +270,21 @@ def test_td_target_is_reproducible_per_generator_seed() -> None:
     assert not a.requires_grad
 
 
+def test_td_target_records_no_autograd_graph(monkeypatch: pytest.MonkeyPatch) -> None:
+    agent = make_agent(policy_noise=0.5)
+    grad_modes: list[bool] = []
+    target_action = agent.target_action
+
+    def recording(*args: object, **kwargs: object) -> torch.Tensor:
+        grad_modes.append(torch.is_grad_enabled())
+        return target_action(*args, **kwargs)
+
+    monkeypatch.setattr(agent, "target_action", recording)
+    obs, _, history = inputs()
+    target(agent, obs, history, torch.Generator().manual_seed(3))
+    assert grad_modes == [False]
+
+
 def test_td_target_without_smoothing_noise_ignores_the_generator() -> None:
     agent = make_agent(policy_noise=0.0)
     obs, _, history = inputs()
