@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from mql_lightning.adaptation import AdaptationConfig, adapt_to_task
+from mql_lightning.adaptation import AdaptationConfig, AdaptationResult, adapt_to_task
 from mql_lightning.data.contracts import AdaptationData, MetaLearner, require
 from mql_lightning.modules.agent import acting_policy
 
@@ -35,20 +37,38 @@ class AdaptationCallback(L.Callback):
     tasks, against the meta-training replay it holds (its shard: the transitions of its own training tasks); the table
     gathers every rank's rows.
 
+    Where the process has more cores than its torch threads use, held-out tasks adapt concurrently, in threads
+    (``docs/design.md#concurrent-adaptation``): each task's adaptation draws only from its own random streams and
+    runs single-threaded torch operations, so the results are bit for bit those of adapting the tasks one at a time;
+    the adapted policies are evaluated and logged in task order once the last task of the validation (or test) has
+    been evaluated before adaptation.
+
     Args:
         enabled: ``False`` evaluates without adaptation: TD3-context (``return`` equals ``return_pre_adapt``).
         settings: The adaptation settings (numbers of Eq. 18 / Eq. 19 updates, beta clip, lambda, ...).
+        concurrent_tasks: How many held-out tasks adapt at once. ``None`` (the default): the cores this process may
+            use divided by its torch threads (and, under several processes on a machine, by their number); ``1``
+            adapts one task after the other in the main thread.
     """
 
     def __init__(
         self,
         enabled: bool = True,
         settings: AdaptationConfig = AdaptationConfig(),  # noqa: B008 - frozen, shared safely
+        concurrent_tasks: int | None = None,
     ) -> None:
         super().__init__()
+        if concurrent_tasks is not None and concurrent_tasks < 1:
+            raise ValueError(f"concurrent_tasks must be >= 1 (or null: as many as the cores allow), got "
+                             f"{concurrent_tasks}")
         self.enabled = enabled
         self.settings = settings
+        self.concurrent_tasks = concurrent_tasks
         self._rows: list[dict[str, Any]] = []
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_size = 0
+        # Tasks of the running validation/test whose adaptation runs in the pool: (index, pre-adaptation row, future).
+        self._pending: list[tuple[int, dict[str, Any], Future[AdaptationResult]]] = []
 
     def state_dict(self) -> dict[str, Any]:
         """The adaptation settings, kept in every checkpoint as a record of how the run adapted.
@@ -58,13 +78,22 @@ class AdaptationCallback(L.Callback):
         """
         return {"enabled": self.enabled, "settings": dataclasses.asdict(self.settings)}
 
+    def workers(self, trainer: L.Trainer) -> int:
+        """The number of held-out tasks adapted at once in this process (``concurrent_tasks``, resolved)."""
+        if self.concurrent_tasks is not None:
+            return self.concurrent_tasks
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return max(1, cores // (torch.get_num_threads() * max(1, trainer.num_devices)))
+
     def on_validation_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        """Adapt to one validation task."""
-        if not trainer.sanity_checking:
-            self._adapt_and_log(trainer, pl_module, "val", int(batch), outputs)
+        """Adapt to one validation task (or start its adaptation, and finish all of them after the last task)."""
+        if not trainer.sanity_checking:  # validation rows are logged, not kept
+            self._adapt_and_log(
+                trainer, pl_module, "val", int(batch), outputs, last=batch_idx + 1 == trainer.num_val_batches[0]
+            )
 
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Start a fresh results table."""
@@ -74,8 +103,18 @@ class AdaptationCallback(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        """Adapt to one test task."""
-        self._rows.append(self._adapt_and_log(trainer, pl_module, "test", int(batch), outputs))
+        """Adapt to one test task (or start its adaptation, and finish all of them after the last task)."""
+        self._rows.extend(self._adapt_and_log(
+            trainer, pl_module, "test", int(batch), outputs, last=batch_idx + 1 == trainer.num_test_batches[0]
+        ))
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        """Abandon the adaptations still running (a stop request, an error)."""
+        self._shutdown()
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Stop the adaptation threads."""
+        self._shutdown()
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Print the per-task results of every rank and write them next to the run's metrics (from rank 0)."""
@@ -99,8 +138,9 @@ class AdaptationCallback(L.Callback):
             (out / "test_results.json").write_text(json.dumps(self._rows, indent=2))
 
     def _adapt_and_log(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, split: str, index: int, outputs: Any
-    ) -> dict[str, Any]:
+        self, trainer: L.Trainer, pl_module: L.LightningModule, split: str, index: int, outputs: Any, last: bool
+    ) -> list[dict[str, Any]]:
+        """The results rows of the tasks finished by this batch: this one, or (concurrently) none until the last."""
         # return_pre_adapt, and success_pre_adapt for a family with a success flag (Meta-World).
         pre = {name: float(value) for name, value in outputs.items()}
         row: dict[str, Any] = {"task": index, **pre}
@@ -110,15 +150,51 @@ class AdaptationCallback(L.Callback):
             # Nothing to adapt with before any meta-training data exists (the validation at step 0).
             same = {name.removesuffix("_pre_adapt"): value for name, value in pre.items()}
             learner.record_eval(split, index, same)
-            return {**row, **same}
-        # Alg. 2 with the task's own random stream: adapting never changes the training run.
+            return [{**row, **same}]
+        # Alg. 2 with the task's own random stream: adapting never changes the training run, nor depends on which
+        # other tasks adapt at the same time.
         task, rng = data.task(split, index), data.rng_for("adapt", split, index)
-        result = adapt_to_task(learner.agent, data, task, self.settings, rng)
+        workers = self.workers(trainer)
+        if workers == 1:
+            result = adapt_to_task(learner.agent, data, task, self.settings, rng)
+            return [self._evaluate_and_log(data, learner, split, index, row, result)]
+        if self._pool is None or self._pool_size != workers:
+            self._shutdown()
+            # torch.set_num_threads sets OpenMP's team size for the calling thread only: a new thread would run its
+            # first operations (those that do not pass through ATen's parallel_for first, BLAS among them) on OpenMP's
+            # default of one thread per core, and a larger team splits sums differently (results 1 ulp apart).
+            self._pool = ThreadPoolExecutor(
+                workers, thread_name_prefix="mql-adapt", initializer=torch.set_num_threads,
+                initargs=(torch.get_num_threads(),),
+            )
+            self._pool_size = workers
+        self._pending.append(
+            (index, row, self._pool.submit(adapt_to_task, learner.agent, data, task, self.settings, rng))
+        )
+        if not last:
+            return []
+        # Logged from this hook, like the sequential path (Lightning keys logged values by the hook), and evaluated
+        # in the main thread, in task order: the DataModule's one evaluation collector serves one caller at a time.
+        pending, self._pending = self._pending, []
+        return [self._evaluate_and_log(data, learner, split, i, r, future.result()) for i, r, future in pending]
+
+    @staticmethod
+    def _evaluate_and_log(
+        data: AdaptationData, learner: MetaLearner, split: str, index: int, row: dict[str, Any],
+        result: AdaptationResult,
+    ) -> dict[str, Any]:
+        """Evaluate an adapted agent on its task's start states and log it; its results row."""
         stats = data.evaluate(acting_policy(result.agent), split, index)
         metrics = {name: stats[name] for name in ("return", "success") if name in stats}
         metrics.update(result.metrics())
         learner.record_eval(split, index, metrics)
         return {**row, **metrics}
+
+    def _shutdown(self) -> None:
+        self._pending = []
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
 
 # Short headers, so that the table fits an 80-column terminal; the CSV and JSON keep the metric names.

@@ -6,6 +6,7 @@ Nothing here imports torch: environments only deal in numpy arrays and plain Pyt
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import gymnasium
@@ -16,6 +17,11 @@ from mql_lightning.envs.tasks import TaskSplits, make_task_splits
 __all__ = ["MetaEnv", "TaskSplits", "make_env", "make_task_splits", "registered_families"]
 
 _NAMESPACE = "mql/"
+
+# Envs are built one at a time: held-out tasks adapt in threads (mql_lightning.callbacks.AdaptationCallback), and
+# MuJoCo's XML parser and Meta-World's benchmark construction are not documented as thread-safe (mj_loadXML keeps a
+# process-wide "last model"). Building an env is rare and short beside the steps taken in it.
+_CONSTRUCTION = threading.Lock()
 
 # id -> (entry point, episode length in steps)
 _FAMILIES: dict[str, tuple[str, int]] = {
@@ -63,7 +69,8 @@ def make_env(env_id: str, **kwargs: Any) -> gymnasium.Env:
             not take one of ``kwargs``, or it needs a package that is not installed (Meta-World).
     """
     try:
-        env = gymnasium.make(env_id, **kwargs)
+        with _CONSTRUCTION:
+            env = gymnasium.make(env_id, **kwargs)
     except (gymnasium.error.UnregisteredEnv, gymnasium.error.DeprecatedEnv) as err:
         known = ", ".join(registered_families())
         raise ValueError(f"unknown task family {env_id!r}; registered mql families: {known}") from err

@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import os
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +41,10 @@ class Run:
     fit_logged: set[str]
 
 
-def fit_run(root: Path, enabled: bool = True, val_every_env_steps: int = 400, csv_logger: bool = False) -> Run:
+def fit_run(
+    root: Path, enabled: bool = True, val_every_env_steps: int = 400, csv_logger: bool = False,
+    concurrent_tasks: int | None = None,
+) -> Run:
     """Fit MQL for 400 environment steps (200 of warm-up) on the point robot with an adaptation callback.
 
     Runs on one torch thread, as every test (module fixtures are set up before the autouse thread fixture): runs
@@ -48,19 +53,21 @@ def fit_run(root: Path, enabled: bool = True, val_every_env_steps: int = 400, cs
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _fit_run(root, enabled, val_every_env_steps, csv_logger)
+        return _fit_run(root, enabled, val_every_env_steps, csv_logger, concurrent_tasks)
     finally:
         torch.set_num_threads(threads)
 
 
-def _fit_run(root: Path, enabled: bool, val_every_env_steps: int, csv_logger: bool) -> Run:
+def _fit_run(
+    root: Path, enabled: bool, val_every_env_steps: int, csv_logger: bool, concurrent_tasks: int | None
+) -> Run:
     torch.manual_seed(0)  # the run seed: the DataModule's streams derive from torch.initial_seed()
     model = MQL(obs_dim=2, action_dim=2, agent=small_agent)
     datamodule = MetaRLDataModule(
         num_train_tasks=4, num_val_tasks=3, num_test_tasks=2, warmup_steps=200, max_env_steps=400,
         val_every_env_steps=val_every_env_steps, batch_size=32, eval_episodes=1, tasks_per_validation=2,
     )
-    callback = AdaptationCallback(enabled=enabled, settings=SETTINGS)
+    callback = AdaptationCallback(enabled=enabled, settings=SETTINGS, concurrent_tasks=concurrent_tasks)
     trainer = make_trainer(root, callback, logger=CSVLogger(save_dir=root) if csv_logger else False)
     trainer.fit(model, datamodule=datamodule)
     return Run(trainer, model, datamodule, callback, metrics(trainer.callback_metrics), set(trainer.logged_metrics))
@@ -218,3 +225,74 @@ def test_adaptation_during_validation_does_not_change_the_training_run(disabled:
     assert asdict(enabled.datamodule.progress) == asdict(disabled.datamodule.progress)
     assert enabled.model.num_updates == disabled.model.num_updates > 0
     assert_unchanged(enabled.model.agent, snapshot(disabled.model.agent))
+
+
+# ------------------------------------------------------------------------------------------ concurrent adaptation
+def test_concurrent_test_adaptation_gives_the_results_of_one_task_at_a_time(
+    fitted: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads: dict[int, str] = {}
+    real = adapt_to_task
+
+    def spy(agent: Any, data: Any, task: dict, settings: AdaptationConfig, rng: Any) -> Any:
+        threads[data.tasks.test.index(task)] = threading.current_thread().name
+        return real(agent, data, task, settings, rng)
+
+    monkeypatch.setattr("mql_lightning.callbacks.adaptation.adapt_to_task", spy)
+    one_by_one, concurrent = AdaptationCallback(settings=SETTINGS, concurrent_tasks=1), AdaptationCallback(
+        settings=SETTINGS, concurrent_tasks=2)
+    sequential = metrics(make_trainer(tmp_path / "a", one_by_one).test(fitted.model, datamodule=fitted.datamodule)[0])
+    assert set(threads.values()) == {threading.main_thread().name}
+    threads.clear()
+    together = metrics(make_trainer(tmp_path / "b", concurrent).test(fitted.model, datamodule=fitted.datamodule)[0])
+    assert len(threads) == 2 and all(name.startswith("mql-adapt") for name in threads.values())
+    assert together == sequential  # bit for bit
+    assert concurrent._rows == one_by_one._rows
+    assert [row["task"] for row in concurrent._rows] == [0, 1]
+
+
+def test_adaptation_threads_round_as_the_main_thread_from_their_first_operation(
+    fitted: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A batch-1 matrix product (an action during the adaptation rollouts) is the operation that rounded differently in
+    # a fresh thread: it ran on OpenMP's default team of one thread per core, not on the process's torch threads.
+    generator = torch.Generator().manual_seed(0)
+    row, matrix = torch.randn(1, 4096, generator=generator), torch.randn(4096, 64, generator=generator)
+    products: list[torch.Tensor] = []
+    real = adapt_to_task
+
+    def first_a_product(agent: Any, data: Any, task: dict, settings: AdaptationConfig, rng: Any) -> Any:
+        products.append(row @ matrix)
+        return real(agent, data, task, settings, rng)
+
+    monkeypatch.setattr("mql_lightning.callbacks.adaptation.adapt_to_task", first_a_product)
+    torch.set_num_threads(1)
+    make_trainer(tmp_path, AdaptationCallback(settings=SETTINGS, concurrent_tasks=2)).test(
+        fitted.model, datamodule=fitted.datamodule
+    )
+    assert len(products) == 2
+    assert all(torch.equal(product, row @ matrix) for product in products)
+
+
+def test_concurrent_validation_logs_what_one_task_at_a_time_logs(tmp_path: Path) -> None:
+    one_by_one = fit_run(tmp_path / "a", concurrent_tasks=1)
+    concurrent = fit_run(tmp_path / "b", concurrent_tasks=2)
+    assert "val/task_1/lambda" in concurrent.fit_metrics
+    assert concurrent.fit_metrics == one_by_one.fit_metrics
+    assert_unchanged(concurrent.model.agent, snapshot(one_by_one.model.agent))
+
+
+def test_concurrent_tasks_default_to_the_cores_left_by_the_torch_threads(tmp_path: Path) -> None:
+    trainer = make_trainer(tmp_path, AdaptationCallback())
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    torch.set_num_threads(1)
+    assert AdaptationCallback().workers(trainer) == cores
+    torch.set_num_threads(cores + 1)  # more threads than cores: one task at a time
+    assert AdaptationCallback().workers(trainer) == 1
+    assert AdaptationCallback(concurrent_tasks=3).workers(trainer) == 3
+
+
+@pytest.mark.parametrize("value", [0, -2])
+def test_concurrent_tasks_below_one_are_refused(value: int) -> None:
+    with pytest.raises(ValueError, match="concurrent_tasks must be >= 1"):
+        AdaptationCallback(concurrent_tasks=value)
