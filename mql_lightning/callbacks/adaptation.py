@@ -39,7 +39,7 @@ class AdaptationCallback(L.Callback):
 
     Where the process has more cores than its torch threads use, held-out tasks adapt concurrently, in threads
     (``docs/design.md#concurrent-adaptation``): each task's adaptation draws only from its own random streams and
-    runs single-threaded torch operations, so the results are bit for bit those of adapting the tasks one at a time;
+    runs torch at the process's thread count, so the results are bit for bit those of adapting the tasks one at a time;
     the adapted policies are evaluated and logged in task order once the last task of the validation (or test) has
     been evaluated before adaptation.
 
