@@ -82,10 +82,14 @@ _A3, _C1, _C2, _C3, _C4 = _F4[:, :, :], _F4[::1], _F4[:, ::1], _F4[:, :, ::1], _
 
 @numba.njit(numba.void(_A3, _C3), **_JIT)
 def _transpose(inputs: np.ndarray, xt: np.ndarray) -> None:
-    """``xt[i, t, b] = inputs[b, t, i]``: the windows feature-major, written row by row."""
+    """``xt[i, t, b] = inputs[b, t, i]``: the windows feature-major, written row by row.
+
+    Time outermost: the entries of one step of all windows (B short rows) stay in the L1 cache while every feature's
+    row is gathered from them (feature outermost re-reads all T B rows from L2 once per feature: 1.5x slower at B 256).
+    """
     batch, steps, width = np.uint64(inputs.shape[0]), np.uint64(inputs.shape[1]), np.uint64(inputs.shape[2])
-    for i in range(width):
-        for t in range(steps):
+    for t in range(steps):
+        for i in range(width):
             row = xt[i, t]
             for b in range(batch):
                 row[b] = inputs[b, t, i]
