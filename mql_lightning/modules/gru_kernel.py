@@ -18,8 +18,8 @@ Three things make such loops silently scalar (several times slower, results unch
 numba's default ``error_model="python"`` (a zero check on every division), signed loop indices (a wraparound select
 for negative indices on every access: every index here is unsigned), and reading one row of an array while writing
 another row of the same array in one loop (LLVM's runtime overlap check then fails: the state is kept in two scratch
-arrays that swap roles every step). A test compares the kernel's speed with the torch implementation's
-(``benchmarks/update_throughput.py`` reports both), so a change that de-vectorises it shows there.
+arrays that swap roles every step). ``benchmarks/update_throughput.py`` times the kernel next to the torch
+implementation, so a change that de-vectorises it shows there.
 
 Compiled on first use, not at import; ``cache=True`` keeps the machine code on disk, in ``__pycache__`` beside this
 file or, where that is not writable (a read-only install), in numba's per-user cache directory
