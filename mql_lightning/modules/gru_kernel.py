@@ -12,7 +12,10 @@ compiled loop nest per direction:
 * tanh and the sigmoid (``0.5 tanh(x / 2) + 0.5``) are a rational function the loops vectorise (a call to ``exp``
   would not vectorise without Intel's SVML);
 * buffers come from a small pool and return to it when the autograd graph that saved them is freed, so an update
-  allocates no large buffers.
+  allocates no large buffers; a pass without gradients (the target encoders, the frozen critic encoder) keeps only
+  the current step's gates and states, which stay in the cache, instead of every step's for a backward pass;
+* the biases are added in the recurrence, not by the input projection's matrix product (a bias there is a copy of
+  the product's whole output before the product).
 
 Three things make such loops silently scalar (several times slower, results unchanged), and are avoided here:
 numba's default ``error_model="python"`` (a zero check on every division), signed loop indices (a wraparound select
@@ -95,26 +98,32 @@ def _transpose(inputs: np.ndarray, xt: np.ndarray) -> None:
                 row[b] = inputs[b, t, i]
 
 
-@numba.njit(numba.void(_C4, _C3, _C2, _C2, _C2, _C4, _C4, _C4, _C4, _C4, _C3), **_JIT)
+@numba.njit(numba.void(_C4, _C3, _C2, _C2, _C2, _C2, _C4, _C4, _C4, _C4, _C4, _C3), **_JIT)
 def _forward(
-    gi: np.ndarray, w_hh: np.ndarray, b_hh: np.ndarray, h: np.ndarray, h_next: np.ndarray, states: np.ndarray,
-    r: np.ndarray, z: np.ndarray, n: np.ndarray, ghn: np.ndarray, last: np.ndarray,
+    gi: np.ndarray, w_hh: np.ndarray, b_ih: np.ndarray, b_hh: np.ndarray, h: np.ndarray, h_next: np.ndarray,
+    states: np.ndarray, r: np.ndarray, z: np.ndarray, n: np.ndarray, ghn: np.ndarray, last: np.ndarray,
 ) -> None:
     """The recurrence of G GRUs started from zero.
 
     Args (G groups, H hidden units, T steps, B sequences):
-        gi: ``(G, 3H, T, B)`` input gates with their biases (reset, update, new).
+        gi: ``(G, 3H, T, B)`` input gates without their biases (reset, update, new).
         w_hh: ``(G, 3H, H)`` recurrent weights.
-        b_hh: ``(G, 3H)`` recurrent biases.
+        b_ih, b_hh: ``(G, 3H)`` input and recurrent biases (added here, not by the input projection: a bias in that
+            matrix product costs a copy of its whole output, a third of the product's time).
         h, h_next: ``(H, B)`` scratch.
         states: ``(G, H, T + 1, B)`` out: the states, ``states[:, :, 0] = 0``.
         r, z, n, ghn: ``(G, H, T, B)`` out: reset and update gates, new gate, and ``W_hn h + b_hn``.
         last: ``(G, B, H)`` out: the last states.
+
+    Without a backward pass to come, ``r``, ``z``, ``n`` and ``ghn`` may have one step (``(G, H, 1, B)``) and
+    ``states`` two instead: each step then overwrites the last one's. Every step's values at the update's shapes are
+    1.5 MB per group, more than the L2 cache holds; one step's are 77 kB.
     """
     zero, one, four = np.uint64(0), np.uint64(1), np.uint64(4)
     groups, steps, batch = np.uint64(gi.shape[0]), np.uint64(gi.shape[2]), np.uint64(gi.shape[3])
     hidden = np.uint64(w_hh.shape[2])
     two_h = hidden + hidden
+    keep = np.uint64(r.shape[2]) == steps  # every step kept for the backward pass, or the current one (T 1: same)
     for g in range(groups):
         for i in range(hidden):
             hi, s0 = h[i], states[g, i, zero]
@@ -122,10 +131,12 @@ def _forward(
                 hi[b] = _ZERO
                 s0[b] = _ZERO
         for t in range(steps):
+            tk = t if keep else zero
             for i in range(hidden):
-                ar, az, an = r[g, i, t], z[g, i, t], ghn[g, i, t]
+                ar, az, an = r[g, i, tk], z[g, i, tk], ghn[g, i, tk]
                 gir, giz = gi[g, i, t], gi[g, hidden + i, t]
-                br, bz, bn = b_hh[g, i], b_hh[g, hidden + i], b_hh[g, two_h + i]
+                br, bz = b_ih[g, i] + b_hh[g, i], b_ih[g, hidden + i] + b_hh[g, hidden + i]
+                bin, bn = b_ih[g, two_h + i], b_hh[g, two_h + i]
                 for b in range(batch):
                     ar[b] = gir[b] + br
                     az[b] = giz[b] + bz
@@ -155,11 +166,12 @@ def _forward(
                             az[b] += z0 * x0
                             an[b] += n0 * x0
                         k += one
-                gin, nt, hi, hn, st = gi[g, two_h + i, t], n[g, i, t], h[i], h_next[i], states[g, i, t + one]
+                gin, nt, hi, hn = gi[g, two_h + i, t], n[g, i, tk], h[i], h_next[i]
+                st = states[g, i, t + one if keep else zero]
                 for b in range(batch):
                     rr = _sigmoid(ar[b])
                     zz = _sigmoid(az[b])
-                    nn = _tanh(gin[b] + rr * an[b])
+                    nn = _tanh(gin[b] + bin + rr * an[b])
                     ar[b] = rr
                     az[b] = zz
                     nt[b] = nn
@@ -352,7 +364,7 @@ def gru_last_states(inputs: torch.Tensor, weights: Sequence[Sequence[torch.Tenso
     if torch.is_grad_enabled() and any(w.requires_grad for w in flat):
         return _CompiledGRU.apply(inputs, len(weights), *flat)
     with torch.autocast("cpu", enabled=False):  # as custom_fwd does for the differentiable pass
-        last, buffer = _forward_pass(inputs.float(), len(weights), *(w.float() for w in flat))
+        last, buffer = _forward_pass(inputs.float(), len(weights), *(w.float() for w in flat), keep=False)
     _POOL.give(buffer)
     return last
 
@@ -367,29 +379,31 @@ def compile_kernels() -> None:
 
 
 def _forward_pass(
-    inputs: torch.Tensor, groups: int, *weights: torch.Tensor
+    inputs: torch.Tensor, groups: int, *weights: torch.Tensor, keep: bool = True
 ) -> tuple[torch.Tensor, np.ndarray]:
-    """The last states, and the pool buffer holding what the backward pass needs."""
+    """The last states, and the pool buffer holding what the backward pass needs (``keep``; without it, scratch)."""
     batch, steps, width = inputs.shape
     hidden = weights[1].shape[1]
     if groups == 1:
         w_ih, w_hh, b_ih, b_hh = (w.detach().unsqueeze(0) for w in weights)
     else:
         w_ih, w_hh, b_ih, b_hh = (torch.stack(weights[k::4]).detach() for k in range(4))
-    buffer = _POOL.take(width * steps * batch + groups * hidden * (3 * steps + 5 * steps + 1) * batch
+    kept = steps if keep else 1
+    buffer = _POOL.take(width * steps * batch + groups * hidden * (3 * steps + 5 * kept + 1) * batch
                         + 2 * hidden * batch)
-    gate = (groups, hidden, steps, batch)
+    gate = (groups, hidden, kept, batch)
     xt, gi, states, r, z, n, ghn, h, h_next = _carve(
-        buffer, (width, steps, batch), (groups, 3 * hidden, steps, batch), (groups, hidden, steps + 1, batch),
+        buffer, (width, steps, batch), (groups, 3 * hidden, steps, batch), (groups, hidden, kept + 1, batch),
         gate, gate, gate, gate, (hidden, batch), (hidden, batch),
     )
     _transpose(inputs.detach().numpy(), xt)
-    # The input gates of all steps in one product, (G 3H, I) x (I, T B): the kernel's (T, B) blocks.
-    torch.addmm(b_ih.reshape(-1, 1), w_ih.reshape(-1, width), torch.from_numpy(xt).view(width, -1),
-                out=torch.from_numpy(gi).view(groups * 3 * hidden, -1))
+    # The input gates of all steps in one product, (G 3H, I) x (I, T B): the kernel's (T, B) blocks (biases added by
+    # the kernel).
+    torch.mm(w_ih.reshape(-1, width), torch.from_numpy(xt).view(width, -1),
+             out=torch.from_numpy(gi).view(groups * 3 * hidden, -1))
     last = inputs.new_empty(groups, batch, hidden)
-    _forward(gi, w_hh.contiguous().numpy(), b_hh.contiguous().numpy(), h, h_next, states, r, z, n, ghn,
-             last.numpy())
+    _forward(gi, w_hh.contiguous().numpy(), b_ih.contiguous().numpy(), b_hh.contiguous().numpy(), h, h_next, states,
+             r, z, n, ghn, last.numpy())
     return last, buffer
 
 

@@ -76,6 +76,19 @@ def test_kernel_and_torch_implementation_agree_in_values_and_gradients(
         torch.testing.assert_close(k, t, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize(("groups", "batch", "steps", "width", "hidden"), SHAPES)
+def test_kernel_without_gradients_gives_the_differentiable_pass_bit_for_bit(
+    groups: int, batch: int, steps: int, width: int, hidden: int
+) -> None:
+    # Without gradients the kernel keeps only the current step's gates and states, not every step's: same arithmetic.
+    grus = _grus(groups, width, hidden)
+    x = torch.randn(batch, steps + 1, width)[:, 1:]
+    differentiable = gru_last_states(x, _weights(grus))
+    assert differentiable.requires_grad
+    with torch.no_grad():
+        assert torch.equal(gru_last_states(x, _weights(grus)), differentiable.detach())
+
+
 def test_float64_runs_the_torch_implementation_to_float64_precision() -> None:
     grus = _grus(2, 4, 3, torch.float64)
     x = torch.randn(5, 6, 4, dtype=torch.float64)
