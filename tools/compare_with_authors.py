@@ -4,7 +4,7 @@ Usage (not run by CI: the authors' code is CC-BY-NC and is not part of this repo
 
     git clone https://github.com/amazon-research/meta-q-learning /path/to/meta-q-learning
     pip install scikit-learn        # their algs/MQL/mql.py imports it (this project's test extra has it)
-    python tools/compare_with_authors.py --authors-repo /path/to/meta-q-learning [--config cheetah_vel]
+    python tools/compare_with_authors.py --authors-repo /path/to/meta-q-learning [--config cheetah_vel] [--speed]
 
 What it does, on a benchmark's shipped settings (network sizes, H, learning rate, policy delay, adaptation settings)
 with a few training tasks of that family:
@@ -24,7 +24,11 @@ with a few training tasks of that family:
    ``prox_coef`` and with their ``--use_ess_clipping`` (``lambda_per_minibatch``);
 5. **the ``paper`` default**: the same inputs (zero-padded windows) through this project's defaults, and the authors'
    settings with one switch at a time set back to the paper's, each against the authors' code: what differs, and
-   by how much.
+   by how much;
+6. with ``--speed``, **speed**: updates per second of their ``MQL.train_TD3`` (their batches handed over as their
+   buffer hands them out, numpy arrays) and of this project's ``td3_update`` as shipped (compiled GRU kernel, fused
+   Adam), each over the same 100 fresh minibatches per repetition, repetitions interleaved, medians, at the
+   process's torch threads (``--threads``, default 1).
 
 Only the authors' algorithm and network modules are imported from the given path (``algs/MQL``, ``models``,
 ``misc/runner_multi_snapshot.py``); their ``misc/utils.py`` (which needs gym, pandas and psutil) is replaced by a
@@ -197,6 +201,8 @@ class Setting:
     replays: dict[str, EpisodeReplay]  # per history padding, the same transitions
     new_data: dict[str, EpisodeReplay]
     datamodule: MetaRLDataModule
+    agent_args: dict[str, Any]  # the config's TD3Agent arguments, without the context encoder
+    context_size: int
 
 
 def build(config: str, tasks: int, seed: int) -> Setting:
@@ -229,7 +235,7 @@ def build(config: str, tasks: int, seed: int) -> Setting:
         new_data[padding] = fill(EpisodeReplay(1, 2000, dm.obs_dim, dm.action_dim, dm.history_length, padding), new)
     lr = cfg["model"]["actor_optimizer"]["init_args"]["lr"]
     return Setting(agent, list(agent_args.get("hidden_sizes", [300, 300])), lr, cfg["data"]["batch_size"], adaptation,
-                   replays, new_data, dm)
+                   replays, new_data, dm, agent_args, z)
 
 
 def fill(replay: EpisodeReplay, episodes: list[Episode]) -> EpisodeReplay:
@@ -376,6 +382,44 @@ def compare_update(theirs: dict[str, Any], s: Setting, seed: int, updates: int) 
         rows.append(parameter_row("update", f"all online and target parameters after {updates} updates ({adam})",
                                   nets, agent))
     return rows
+
+
+# ------------------------------------------------------------------------------------------------------- part 6
+def compare_speed(theirs: dict[str, Any], s: Setting, seed: int, updates: int = 100, repeats: int = 5) -> str:
+    """Median updates/s of their ``train_TD3`` and of ``td3_update`` with the shipped encoders, interleaved."""
+    nets = authors_networks(theirs, s.agent, s.hidden, s.datamodule.history_length)
+    mql = authors_mql(theirs, nets, s.agent, s.lr, s.batch_size, s.adaptation)
+    # The shipped encoder (the compiled kernel), holding the same weights as the nn.GRU ones compared above.
+    agent = TD3Agent(s.agent.obs_dim, s.agent.action_dim, context=lambda d: ContextEncoder(d, s.context_size),
+                     **s.agent_args)
+    agent.load_state_dict(s.agent.state_dict())
+    actor_opt = torch.optim.Adam(agent.actor_parameters(), lr=s.lr, fused=True)
+    critic_opt = torch.optim.Adam(agent.critic_parameters(), lr=s.lr, fused=True)
+    noise, freeze = torch.Generator().manual_seed(seed + 1), functools.partial(frozen, list(agent.critic_parameters()))
+    sampler = torch.Generator().manual_seed(seed)
+    batches = [s.replays["authors"].sample(s.batch_size, sampler, task_weighting="transition") for _ in range(updates)]
+    count = 0
+
+    def ours() -> None:
+        nonlocal count
+        for batch in batches:
+            count += 1
+            td3_update(agent, batch, count, actor_opt, critic_opt, torch.Tensor.backward, freeze_critic=freeze,
+                       generator=noise)
+
+    def authors() -> None:
+        mql.train_TD3(replay_buffer=BatchQueue(batches), iterations=updates)
+
+    rates: dict[str, list[float]] = {"ours": [], "authors": []}
+    ours(), authors()  # warm-up: compiling or loading the kernel, first allocations
+    for _ in range(repeats):
+        for name, run in (("ours", ours), ("authors", authors)):
+            start = time.perf_counter()
+            run()
+            rates[name].append(updates / (time.perf_counter() - start))
+    ours_rate, authors_rate = (float(np.median(rates[k])) for k in ("ours", "authors"))
+    return (f"speed, {torch.get_num_threads()} torch thread(s), medians of {repeats} x {updates} updates: td3_update "
+            f"{ours_rate:.1f} updates/s, their train_TD3 {authors_rate:.1f}/s: {ours_rate / authors_rate:.2f}x")
 
 
 # ------------------------------------------------------------------------------------------------------- part 4
@@ -561,8 +605,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--atol", type=float, default=1e-5, help="'equal' means |diff| <= atol + rtol * |value|")
     parser.add_argument("--rtol", type=float, default=1e-4)
+    parser.add_argument("--speed", action="store_true", help="also time their train_TD3 against td3_update (part 6)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     theirs = import_authors(args.authors_repo.resolve())
     start = time.perf_counter()
     s = build(args.config, args.tasks, args.seed)
@@ -570,9 +616,11 @@ def main(argv: list[str] | None = None) -> None:
     rows += compare_update(theirs, s, args.seed, args.updates)
     rows += compare_adaptation(theirs, s, args.seed, args.replay_updates or s.adaptation.replay_updates)
     print(f"# compare_with_authors: {args.config}, {args.tasks} training tasks, seed {args.seed}, torch "
-          f"{torch.__version__}, 1 thread, {time.perf_counter() - start:.0f} s; equal = within atol {args.atol:g} + "
-          f"rtol {args.rtol:g}")
+          f"{torch.__version__}, {args.threads} thread(s), {time.perf_counter() - start:.0f} s; equal = within atol "
+          f"{args.atol:g} + rtol {args.rtol:g}")
     print_table(rows, args.atol, args.rtol)
+    if args.speed:
+        print(f"\n{compare_speed(theirs, s, args.seed)}")
 
 
 if __name__ == "__main__":
