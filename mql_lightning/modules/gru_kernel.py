@@ -123,7 +123,7 @@ def _forward(
     groups, steps, batch = np.uint64(gi.shape[0]), np.uint64(gi.shape[2]), np.uint64(gi.shape[3])
     hidden = np.uint64(w_hh.shape[2])
     two_h = hidden + hidden
-    keep = np.uint64(r.shape[2]) == steps  # every step kept for the backward pass, or the current one (T 1: same)
+    keep = np.uint64(r.shape[2]) == steps  # every step kept for the backward pass, or the current one (same if T = 1)
     for g in range(groups):
         for i in range(hidden):
             hi, s0 = h[i], states[g, i, zero]
