@@ -284,9 +284,33 @@ def _backward(
                     gn[b] = dan
                     dp[b] = db * zb
             if t > zero:
-                # dh_{t-1} = dh_t z + W_hh^T (the recurrent gates' gradients), four gate rows at a time.
+                # dh_{t-1} = dh_t z + W_hh^T (the recurrent gates' gradients): two state rows by four gate rows at a
+                # time (each gate row loaded once for both state rows).
                 w = w_hh[g]
-                for k in range(hidden):
+                k = zero
+                while k + one < hidden:
+                    k1 = k + one
+                    dp0, dp1 = dh_prev[k], dh_prev[k1]
+                    j = zero
+                    while j + four <= three_h:
+                        j1, j2, j3 = j + one, j + one + one, j + four - one
+                        a0, a1, a2, a3 = grads[g, j, t], grads[g, j1, t], grads[g, j2, t], grads[g, j3, t]
+                        u0, u1, u2, u3 = w[j, k], w[j1, k], w[j2, k], w[j3, k]
+                        v0, v1, v2, v3 = w[j, k1], w[j1, k1], w[j2, k1], w[j3, k1]
+                        for b in range(batch):
+                            x0, x1, x2, x3 = a0[b], a1[b], a2[b], a3[b]
+                            dp0[b] += u0 * x0 + u1 * x1 + u2 * x2 + u3 * x3
+                            dp1[b] += v0 * x0 + v1 * x1 + v2 * x2 + v3 * x3
+                        j += four
+                    while j < three_h:
+                        a0, u0, v0 = grads[g, j, t], w[j, k], w[j, k1]
+                        for b in range(batch):
+                            x0 = a0[b]
+                            dp0[b] += u0 * x0
+                            dp1[b] += v0 * x0
+                        j += one
+                    k += one + one
+                if k < hidden:  # the last state row of an odd H
                     dp = dh_prev[k]
                     j = zero
                     while j + four <= three_h:
