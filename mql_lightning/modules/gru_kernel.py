@@ -109,7 +109,7 @@ def _forward(
         gi: ``(G, 3H, T, B)`` input gates without their biases (reset, update, new).
         w_hh: ``(G, 3H, H)`` recurrent weights.
         b_ih, b_hh: ``(G, 3H)`` input and recurrent biases (added here, not by the input projection: a bias in that
-            matrix product costs a copy of its whole output, a third of the product's time).
+            matrix product costs a copy of its whole output, a quarter to a third of the product's time).
         h, h_next: ``(H, B)`` scratch.
         states: ``(G, H, T + 1, B)`` out: the states, ``states[:, :, 0] = 0``.
         r, z, n, ghn: ``(G, H, T, B)`` out: reset and update gates, new gate, and ``W_hn h + b_hn``.
@@ -136,7 +136,7 @@ def _forward(
                 ar, az, an = r[g, i, tk], z[g, i, tk], ghn[g, i, tk]
                 gir, giz = gi[g, i, t], gi[g, hidden + i, t]
                 br, bz = b_ih[g, i] + b_hh[g, i], b_ih[g, hidden + i] + b_hh[g, hidden + i]
-                bin, bn = b_ih[g, two_h + i], b_hh[g, two_h + i]
+                b_in, bn = b_ih[g, two_h + i], b_hh[g, two_h + i]
                 for b in range(batch):
                     ar[b] = gir[b] + br
                     az[b] = giz[b] + bz
@@ -171,7 +171,7 @@ def _forward(
                 for b in range(batch):
                     rr = _sigmoid(ar[b])
                     zz = _sigmoid(az[b])
-                    nn = _tanh(gin[b] + bin + rr * an[b])
+                    nn = _tanh(gin[b] + b_in + rr * an[b])
                     ar[b] = rr
                     az[b] = zz
                     nt[b] = nn
