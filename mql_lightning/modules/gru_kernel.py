@@ -250,7 +250,7 @@ def _backward(
     Args (as in :func:`_forward`):
         dh_last: ``(G, B, H)`` gradient of the last states.
         xt: ``(I, T, B)`` the inputs.
-        dh, dh_prev: ``(H, B)`` scratch.
+        dh, dh_prev: ``(H + 1, B)`` scratch (row H: a spare row, see below).
         grads: ``(G, 4H, T, B)`` scratch: gradients of the gates' pre-activations, rows ``[r | z | W_hn h + b_hn |
             n]``: rows ``0:3H`` are the recurrent gates' (``nn.GRU``'s order), rows ``0:2H`` and ``3H:4H`` the input
             gates'.
@@ -263,6 +263,9 @@ def _backward(
     three_h = two_h + hidden
     length = steps * batch
     inputs = xt.reshape((xt.shape[0], xt.shape[1] * xt.shape[2]))
+    for spare in (dh[hidden], dh_prev[hidden]):  # finite (it only ever gains zero-weighted terms), never read
+        for b in range(batch):
+            spare[b] = _ZERO
     for g in range(groups):
         for i in range(hidden):
             dst = dh[i]
@@ -285,46 +288,34 @@ def _backward(
                     dp[b] = db * zb
             if t > zero:
                 # dh_{t-1} = dh_t z + W_hh^T (the recurrent gates' gradients): two state rows by four gate rows at a
-                # time (each gate row loaded once for both state rows).
+                # time (each gate row loaded once for both state rows). Past the last row of an odd H, the second is
+                # the spare row H with zero weights.
                 w = w_hh[g]
                 k = zero
-                while k + one < hidden:
+                while k < hidden:
                     k1 = k + one
+                    # The spare row's weights: any real column's, times zero.
+                    c1, m1 = (k1, _ONE) if k1 < hidden else (k, _ZERO)
                     dp0, dp1 = dh_prev[k], dh_prev[k1]
                     j = zero
                     while j + four <= three_h:
                         j1, j2, j3 = j + one, j + one + one, j + four - one
                         a0, a1, a2, a3 = grads[g, j, t], grads[g, j1, t], grads[g, j2, t], grads[g, j3, t]
                         u0, u1, u2, u3 = w[j, k], w[j1, k], w[j2, k], w[j3, k]
-                        v0, v1, v2, v3 = w[j, k1], w[j1, k1], w[j2, k1], w[j3, k1]
+                        v0, v1, v2, v3 = m1 * w[j, c1], m1 * w[j1, c1], m1 * w[j2, c1], m1 * w[j3, c1]
                         for b in range(batch):
                             x0, x1, x2, x3 = a0[b], a1[b], a2[b], a3[b]
                             dp0[b] += u0 * x0 + u1 * x1 + u2 * x2 + u3 * x3
                             dp1[b] += v0 * x0 + v1 * x1 + v2 * x2 + v3 * x3
                         j += four
                     while j < three_h:
-                        a0, u0, v0 = grads[g, j, t], w[j, k], w[j, k1]
+                        a0, u0, v0 = grads[g, j, t], w[j, k], m1 * w[j, c1]
                         for b in range(batch):
                             x0 = a0[b]
                             dp0[b] += u0 * x0
                             dp1[b] += v0 * x0
                         j += one
                     k += one + one
-                if k < hidden:  # the last state row of an odd H
-                    dp = dh_prev[k]
-                    j = zero
-                    while j + four <= three_h:
-                        j1, j2, j3 = j + one, j + one + one, j + four - one
-                        a0, a1, a2, a3 = grads[g, j, t], grads[g, j1, t], grads[g, j2, t], grads[g, j3, t]
-                        w0, w1, w2, w3 = w[j, k], w[j1, k], w[j2, k], w[j3, k]
-                        for b in range(batch):
-                            dp[b] += w0 * a0[b] + w1 * a1[b] + w2 * a2[b] + w3 * a3[b]
-                        j += four
-                    while j < three_h:
-                        a0, w0 = grads[g, j, t], w[j, k]
-                        for b in range(batch):
-                            dp[b] += w0 * a0[b]
-                        j += one
                 dh, dh_prev = dh_prev, dh
         # Sums over all steps and sequences: the recurrent gates' gradients against the previous states (rows of
         # (T + 1) B values, of which the first T B are h_0 ... h_{T-1}), the input gates' against the inputs.
@@ -382,6 +373,20 @@ def _carve(buffer: np.ndarray, *shapes: tuple[int, ...]) -> list[np.ndarray]:
     return arrays
 
 
+def _take(*shapes: tuple[int, ...]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """A pool buffer just large enough for arrays of the given shapes, and those arrays in it."""
+    buffer = _POOL.take(sum(prod(shape) for shape in shapes))
+    return buffer, _carve(buffer, *shapes)
+
+
+def _forward_shapes(groups: int, width: int, hidden: int, steps: int, batch: int, kept: int) -> list[tuple[int, ...]]:
+    """The forward pass's arrays in its buffer: ``xt, gi, states, r, z, n, ghn, h, h_next`` (see :func:`_forward`),
+    with ``kept`` steps of the gates and states."""
+    gate = (groups, hidden, kept, batch)
+    return [(width, steps, batch), (groups, 3 * hidden, steps, batch), (groups, hidden, kept + 1, batch), gate, gate,
+            gate, gate, (hidden, batch), (hidden, batch)]
+
+
 def gru_last_states(inputs: torch.Tensor, weights: Sequence[Sequence[torch.Tensor]]) -> torch.Tensor:
     """:func:`mql_lightning.modules.gru.gru_last_states` on float32 CPU tensors, with the compiled recurrence."""
     flat = [w for group in weights for w in group]
@@ -412,13 +417,8 @@ def _forward_pass(
         w_ih, w_hh, b_ih, b_hh = (w.detach().unsqueeze(0) for w in weights)
     else:
         w_ih, w_hh, b_ih, b_hh = (torch.stack(weights[k::4]).detach() for k in range(4))
-    kept = steps if keep else 1
-    buffer = _POOL.take(width * steps * batch + groups * hidden * (3 * steps + 5 * kept + 1) * batch
-                        + 2 * hidden * batch)
-    gate = (groups, hidden, kept, batch)
-    xt, gi, states, r, z, n, ghn, h, h_next = _carve(
-        buffer, (width, steps, batch), (groups, 3 * hidden, steps, batch), (groups, hidden, kept + 1, batch),
-        gate, gate, gate, gate, (hidden, batch), (hidden, batch),
+    buffer, (xt, gi, states, r, z, n, ghn, h, h_next) = _take(
+        *_forward_shapes(groups, width, hidden, steps, batch, steps if keep else 1)
     )
     _transpose(inputs.detach().numpy(), xt)
     # The input gates of all steps in one product, (G 3H, I) x (I, T B): the kernel's (T, B) blocks (biases added by
@@ -448,13 +448,9 @@ class _CompiledGRU(torch.autograd.Function):
     @torch.amp.custom_bwd(device_type="cpu")
     def backward(ctx: FunctionCtx, grad_last: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         groups, width, hidden, steps, batch = ctx.shape
-        gate = (groups, hidden, steps, batch)
-        xt, _, states, r, z, n, ghn = _carve(
-            ctx.buffer, (width, steps, batch), (groups, 3 * hidden, steps, batch), (groups, hidden, steps + 1, batch),
-            gate, gate, gate, gate,
-        )
-        scratch = _POOL.take(groups * 4 * hidden * steps * batch + 2 * hidden * batch)
-        grads, dh, dh_prev = _carve(scratch, (groups, 4 * hidden, steps, batch), (hidden, batch), (hidden, batch))
+        shapes = _forward_shapes(groups, width, hidden, steps, batch, steps)
+        xt, _, states, r, z, n, ghn, _, _ = _carve(ctx.buffer, *shapes)
+        scratch, (grads, dh, dh_prev) = _take((groups, 4 * hidden, steps, batch), *[(hidden + 1, batch)] * 2)
         gw_ih, gw_hh = grad_last.new_empty(groups, 3 * hidden, width), grad_last.new_empty(groups, 3 * hidden, hidden)
         gb_ih, gb_hh = grad_last.new_empty(groups, 3 * hidden), grad_last.new_empty(groups, 3 * hidden)
         _backward(grad_last.numpy(), ctx.w_hh.contiguous().numpy(), states, r, z, n, ghn, xt, dh, dh_prev, grads,
