@@ -1,4 +1,5 @@
-"""The compiled GRU kernel works from a read-only install, caching its machine code in the user's cache directory."""
+"""The compiled GRU kernel's machinery: its buffer pool, and its machine code cached in the user's cache directory when
+the install is read-only."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from mql_lightning.modules.gru_kernel import _Pool
 
 REPO = Path(__file__).parents[2]
 PROBE = (
@@ -67,3 +70,12 @@ def test_a_read_only_install_compiles_once_into_the_user_cache_directory(tmp_pat
     assert any(p.suffix == ".nbi" for p in snapshots[0]), "no kernel in the user's cache directory"
     # The second process loaded the kernel from there: it wrote nothing (compiling again would rewrite the files).
     assert snapshots[1] == snapshots[0]
+
+
+def test_pool_buffers_start_on_a_cache_line_and_are_reused() -> None:
+    pool = _Pool()
+    for size in (1, 3, 17, 256 * 15, 1_000_003):
+        buffers = [pool.take(size) for _ in range(4)]
+        assert all(b.size == size and b.ctypes.data % 64 == 0 and b.flags.c_contiguous for b in buffers)
+        pool.give(buffers[0])
+        assert pool.take(size) is buffers[0]
