@@ -49,7 +49,7 @@ import math
 import sys
 import time
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -350,26 +350,41 @@ class _Recorder:
 
 
 # ------------------------------------------------------------------------------------------------------- part 3
+def sampled_batches(s: Setting, seed: int, updates: int) -> list[ReplayBatch]:
+    """``updates`` minibatches of the authors-layout replay, the same for both sides' updates."""
+    sampler = torch.Generator().manual_seed(seed)
+    return [s.replays["authors"].sample(s.batch_size, sampler, task_weighting="transition") for _ in range(updates)]
+
+
+def our_update(agent: TD3Agent, s: Setting, seed: int, fused: bool) -> Callable[[ReplayBatch, int], tuple]:
+    """``td3_update`` of ``agent`` with Adam optimisers of its own and the target-noise stream ``seed + 1`` (theirs
+    draws from the global stream seeded the same): ``(batch, update index) -> td3_update's losses``."""
+    actor_opt = torch.optim.Adam(agent.actor_parameters(), lr=s.lr, fused=fused)
+    critic_opt = torch.optim.Adam(agent.critic_parameters(), lr=s.lr, fused=fused)
+    noise = torch.Generator().manual_seed(seed + 1)
+    freeze = functools.partial(frozen, list(agent.critic_parameters()))
+
+    def update(batch: ReplayBatch, index: int) -> tuple:
+        return td3_update(agent, batch, index, actor_opt, critic_opt, torch.Tensor.backward, freeze_critic=freeze,
+                          generator=noise)
+
+    return update
+
+
 def compare_update(theirs: dict[str, Any], s: Setting, seed: int, updates: int) -> list[Row]:
     rows: list[Row] = []
     for fused in (False, True):
         agent = copy.deepcopy(s.agent)
         nets = authors_networks(theirs, agent, s.hidden, s.datamodule.history_length)
         mql = authors_mql(theirs, nets, agent, s.lr, s.batch_size, s.adaptation)
-        sampler = torch.Generator().manual_seed(seed)
-        batches = [s.replays["authors"].sample(s.batch_size, sampler, task_weighting="transition")
-                   for _ in range(updates)]
+        batches = sampled_batches(s, seed, updates)
         torch.manual_seed(seed + 1)
         out, _ = mql.train_TD3(replay_buffer=BatchQueue(batches), iterations=updates)
-        actor_opt = torch.optim.Adam(agent.actor_parameters(), lr=s.lr, fused=fused)
-        critic_opt = torch.optim.Adam(agent.critic_parameters(), lr=s.lr, fused=fused)
-        noise = torch.Generator().manual_seed(seed + 1)
-        freeze = functools.partial(frozen, list(agent.critic_parameters()))
+        update = our_update(agent, s, seed, fused)
         critic_losses, actor_losses = [], []
         for it, batch in enumerate(batches):
             # Their `it % policy_freq == 0` (it from 0) is this update index's `% policy_delay == 0`.
-            loss_c, loss_a, _ = td3_update(agent, batch, it + agent.policy_delay, actor_opt, critic_opt,
-                                           torch.Tensor.backward, freeze_critic=freeze, generator=noise)
+            loss_c, loss_a, _ = update(batch, it + agent.policy_delay)
             critic_losses.append(float(loss_c.detach()))
             if loss_a is not None:
                 actor_losses.append(float(loss_a.detach()))
@@ -393,19 +408,13 @@ def compare_speed(theirs: dict[str, Any], s: Setting, seed: int, updates: int = 
     agent = TD3Agent(s.agent.obs_dim, s.agent.action_dim, context=lambda d: ContextEncoder(d, s.context_size),
                      **s.agent_args)
     agent.load_state_dict(s.agent.state_dict())
-    actor_opt = torch.optim.Adam(agent.actor_parameters(), lr=s.lr, fused=True)
-    critic_opt = torch.optim.Adam(agent.critic_parameters(), lr=s.lr, fused=True)
-    noise, freeze = torch.Generator().manual_seed(seed + 1), functools.partial(frozen, list(agent.critic_parameters()))
-    sampler = torch.Generator().manual_seed(seed)
-    batches = [s.replays["authors"].sample(s.batch_size, sampler, task_weighting="transition") for _ in range(updates)]
-    count = 0
+    update, batches, count = our_update(agent, s, seed, fused=True), sampled_batches(s, seed, updates), 0
 
     def ours() -> None:
         nonlocal count
         for batch in batches:
             count += 1
-            td3_update(agent, batch, count, actor_opt, critic_opt, torch.Tensor.backward, freeze_critic=freeze,
-                       generator=noise)
+            update(batch, count)
 
     def authors() -> None:
         mql.train_TD3(replay_buffer=BatchQueue(batches), iterations=updates)
