@@ -410,23 +410,23 @@ def compare_speed(theirs: dict[str, Any], s: Setting, seed: int, updates: int = 
     agent.load_state_dict(s.agent.state_dict())
     update, batches, count = our_update(agent, s, seed, fused=True), sampled_batches(s, seed, updates), 0
 
-    def ours() -> None:
+    def ours() -> int:
         nonlocal count
         for batch in batches:
             count += 1
             update(batch, count)
+        return updates
 
-    def authors() -> None:
+    def authors() -> int:
         mql.train_TD3(replay_buffer=BatchQueue(batches), iterations=updates)
+        return updates
 
-    rates: dict[str, list[float]] = {"ours": [], "authors": []}
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from _common import interleaved_rates  # the benchmarks' interleaved medians
+
     ours(), authors()  # warm-up: compiling or loading the kernel, first allocations
-    for _ in range(repeats):
-        for name, run in (("ours", ours), ("authors", authors)):
-            start = time.perf_counter()
-            run()
-            rates[name].append(updates / (time.perf_counter() - start))
-    ours_rate, authors_rate = (float(np.median(rates[k])) for k in ("ours", "authors"))
+    rates = interleaved_rates({"ours": ours, "authors": authors}, repeats)
+    ours_rate, authors_rate = rates["ours"], rates["authors"]
     return (f"speed, {torch.get_num_threads()} torch thread(s), medians of {repeats} x {updates} updates: td3_update "
             f"{ours_rate:.1f} updates/s, their train_TD3 {authors_rate:.1f}/s: {ours_rate / authors_rate:.2f}x")
 

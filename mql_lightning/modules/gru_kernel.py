@@ -405,7 +405,7 @@ def gru_last_states(inputs: torch.Tensor, weights: Sequence[Sequence[torch.Tenso
     if torch.is_grad_enabled() and any(w.requires_grad for w in flat):
         return _CompiledGRU.apply(inputs, len(weights), *flat)
     with torch.autocast("cpu", enabled=False):  # as custom_fwd does for the differentiable pass
-        last, buffer = _forward_pass(inputs.float(), len(weights), *(w.float() for w in flat), keep=False)
+        last, buffer, _ = _forward_pass(inputs.float(), len(weights), *(w.float() for w in flat), keep=False)
     _POOL.give(buffer)
     return last
 
@@ -421,12 +421,13 @@ def compile_kernels() -> None:
 
 def _forward_pass(
     inputs: torch.Tensor, groups: int, *weights: torch.Tensor, keep: bool = True
-) -> tuple[torch.Tensor, np.ndarray]:
-    """The last states, and the pool buffer holding what the backward pass needs (``keep``; without it, scratch)."""
+) -> tuple[torch.Tensor, np.ndarray, torch.Tensor]:
+    """The last states, the pool buffer holding what the backward pass needs (``keep``; without it, scratch), and the
+    recurrent weights ``(G, 3H, H)``, contiguous (the backward pass reads them too)."""
     batch, steps, width = inputs.shape
     hidden = weights[1].shape[1]
     if groups == 1:
-        w_ih, w_hh, b_ih, b_hh = (w.detach().unsqueeze(0) for w in weights)
+        w_ih, w_hh, b_ih, b_hh = (w.detach().unsqueeze(0).contiguous() for w in weights)
     else:
         w_ih, w_hh, b_ih, b_hh = (torch.stack(weights[k::4]).detach() for k in range(4))
     buffer, (xt, gi, states, r, z, n, ghn, h, h_next) = _take(
@@ -438,19 +439,16 @@ def _forward_pass(
     torch.mm(w_ih.reshape(-1, width), torch.from_numpy(xt).view(width, -1),
              out=torch.from_numpy(gi).view(groups * 3 * hidden, -1))
     last = inputs.new_empty(groups, batch, hidden)
-    _forward(gi, w_hh.contiguous().numpy(), b_ih.contiguous().numpy(), b_hh.contiguous().numpy(), h, h_next, states,
-             r, z, n, ghn, last.numpy())
-    return last, buffer
+    _forward(gi, w_hh.numpy(), b_ih.numpy(), b_hh.numpy(), h, h_next, states, r, z, n, ghn, last.numpy())
+    return last, buffer, w_hh
 
 
 class _CompiledGRU(torch.autograd.Function):
     @staticmethod
     @torch.amp.custom_fwd(device_type="cpu", cast_inputs=torch.float32)
     def forward(ctx: FunctionCtx, inputs: torch.Tensor, groups: int, *weights: torch.Tensor) -> torch.Tensor:
-        last, buffer = _forward_pass(inputs, groups, *weights)
-        ctx.shape = (groups, inputs.shape[2], weights[1].shape[1], inputs.shape[1], inputs.shape[0])
-        ctx.w_hh, ctx.buffer = (weights[1].detach().unsqueeze(0) if groups == 1 else
-                                torch.stack(weights[1::4]).detach()), buffer
+        last, buffer, ctx.w_hh = _forward_pass(inputs, groups, *weights)
+        ctx.shape, ctx.buffer = (groups, inputs.shape[2], weights[1].shape[1], inputs.shape[1], inputs.shape[0]), buffer
         # The buffer goes back to the pool when the graph that saved it is freed (after the backward pass, or at
         # once without one); never earlier, so that a graph kept for a second backward pass stays valid.
         weakref.finalize(ctx, _POOL.give, buffer)
@@ -465,7 +463,7 @@ class _CompiledGRU(torch.autograd.Function):
         scratch, (grads, dh, dh_prev) = _take((groups, 4 * hidden, steps, batch), *[(hidden + 1, batch)] * 2)
         gw_ih, gw_hh = grad_last.new_empty(groups, 3 * hidden, width), grad_last.new_empty(groups, 3 * hidden, hidden)
         gb_ih, gb_hh = grad_last.new_empty(groups, 3 * hidden), grad_last.new_empty(groups, 3 * hidden)
-        _backward(grad_last.numpy(), ctx.w_hh.contiguous().numpy(), states, r, z, n, ghn, xt, dh, dh_prev, grads,
+        _backward(grad_last.numpy(), ctx.w_hh.numpy(), states, r, z, n, ghn, xt, dh, dh_prev, grads,
                   gw_ih.numpy(), gw_hh.numpy(), gb_ih.numpy(), gb_hh.numpy())
         _POOL.give(scratch)
         per_group = zip(gw_ih, gw_hh, gb_ih, gb_hh, strict=True)
