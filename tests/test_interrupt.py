@@ -8,6 +8,8 @@ is then resumed from what is left and must end exactly like the uninterrupted ru
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 import signal
 import time
@@ -121,21 +123,26 @@ def test_killed_while_writing_the_checkpoint_resumes_from_the_previous_pair_exac
 
 
 def test_a_failed_side_file_write_leaves_the_previous_pair(
-    straight_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    straight_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The other moment: the write of the new side file fails halfway (here with an exception)."""
+    """The other moment: the write of the new side file fails halfway, as on a full disk (``ENOSPC``)."""
     real_save = torch.save
 
     def fail_at_400(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
         if isinstance(obj, dict) and obj.get("env_steps") == 400:
             f.write(b"half a replay")
-            raise OSError("disk full")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real_save(obj, f, *args, **kwargs)
 
     monkeypatch.setattr(torch, "save", fail_at_400)
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_info:
         fit(tmp_path)
     monkeypatch.undo()
+    # A run failure, not a bug: one line naming the file and the cause, and no traceback file.
+    assert exit_info.value.code == 1
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("mql: error: cannot write ") and "last.replay.pt" in error, error
+    assert "no space left on device" in error and "internal error" not in error, error
     run = tmp_path / "mql" / "version_0"
     assert assert_loadable_pair(run) == 200
     resume(run)
