@@ -1,6 +1,6 @@
 """Table 1: updates per second of our TD3-context update next to a naive PyTorch implementation.
 
-Run: ``python benchmarks/update_throughput.py [--threads 1] [--repeats 5] [--updates 100] [--quick]``
+Run: ``python benchmarks/update_throughput.py [--threads 1] [--repeats 5] [--updates 100] [--scaling] [--quick]``
 (not part of the test run; ``python benchmarks/run_all.py`` prints every table).
 
 HalfCheetah-Vel as ``configs/cheetah_vel.yaml`` ships it (obs 20, action 6, history 20, GRU hidden 15, 300x300
@@ -16,6 +16,10 @@ Table 1b times the context GRU pass alone at the update's shapes (two groups, ba
 torch implementation and ``nn.GRU``, so that a change which makes the kernel's loops scalar shows here. Table 1c
 compares the meta-training update with the adaptation update of Eq. 19 (batch 1280, beta-weighted, with the proximal
 term; ``mql_lightning.adaptation``'s trainer) per sample.
+
+With ``--scaling``, Table 1d times the naive and the faithful update at 1 and at 2 threads in one process,
+``torch.set_num_threads`` switched between interleaved repetitions: separate runs at each thread count compare them
+across minutes of host drift, which on a shared machine is as large as the margins.
 
 Targets: the faithful update at >= 75 updates/s  and >= 1.7x the naive one at 1 thread, >= 2.2x at 2 or
 more; the adaptation update at least as fast per sample as the meta-training update.
@@ -65,6 +69,8 @@ def target_speedup(threads: int) -> float:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """This benchmark's own flags."""
     p.add_argument("--updates", type=int, default=100, help="updates per timed repetition (rounded up to even)")
+    p.add_argument("--scaling", action="store_true",
+                   help="also Table 1d: both updates at 1 and 2 threads, interleaved in one process")
 
 
 def measure(sizes: Sizes, updates: int, repeats: int) -> dict[str, float]:
@@ -79,18 +85,59 @@ def measure(sizes: Sizes, updates: int, repeats: int) -> dict[str, float]:
         ``{"naive": ..., "faithful": ..., "faithful_torch_gru": ..., "shared": ...}`` in updates/s.
     """
     batch = random_batch(sizes)
-    torch.manual_seed(0)
-    naive = NaiveTD3Context(sizes.obs, sizes.act, sizes.hidden, sizes.gru_hidden, lr=sizes.lr,
-                            policy_noise=sizes.policy_noise)
+    naive = _naive_update(sizes, batch)
     ours = {
         "faithful": OurUpdate(sizes),
         "faithful_torch_gru": OurUpdate(sizes, compiled=False),
         "shared": OurUpdate(sizes, shared_context=True),
     }
-    steps = {"naive": lambda: naive.update(batch), **{name: _bound(update, batch) for name, update in ours.items()}}
+    steps = {"naive": naive, **{name: _bound(update, batch) for name, update in ours.items()}}
     for step in steps.values():
         repeat(step, WARMUP_UPDATES)()
     return interleaved_rates({name: repeat(step, updates) for name, step in steps.items()}, repeats)
+
+
+def measure_scaling(
+    sizes: Sizes, updates: int, repeats: int, thread_counts: tuple[int, ...] = (1, 2)
+) -> dict[str, float]:
+    """Median updates/s of the naive and the faithful update at each thread count, all interleaved in one process.
+
+    Args:
+        sizes: Problem sizes.
+        updates: Updates per repetition (even).
+        repeats: Repetitions.
+        thread_counts: torch thread counts, set before each repetition (restored afterwards).
+
+    Returns:
+        ``{"naive <threads>" | "faithful <threads>": updates/s}``.
+    """
+    batch = random_batch(sizes)
+    steps = {"naive": _naive_update(sizes, batch), "faithful": _bound(OurUpdate(sizes), batch)}
+
+    def at(threads: int, run: Callable[[], int]) -> Callable[[], int]:
+        def timed() -> int:
+            torch.set_num_threads(threads)
+            return run()
+
+        return timed
+
+    restore = torch.get_num_threads()
+    try:
+        for threads in thread_counts:
+            for step in steps.values():
+                at(threads, repeat(step, WARMUP_UPDATES))()
+        work = {f"{name} {n}": at(n, repeat(step, updates)) for n in thread_counts for name, step in steps.items()}
+        return interleaved_rates(work, repeats)
+    finally:
+        torch.set_num_threads(restore)
+
+
+def _naive_update(sizes: Sizes, batch: ReplayBatch) -> Callable[[], None]:
+    """One update of the naive reference per call (its weights seeded 0, as every table's)."""
+    torch.manual_seed(0)
+    naive = NaiveTD3Context(sizes.obs, sizes.act, sizes.hidden, sizes.gru_hidden, lr=sizes.lr,
+                            policy_noise=sizes.policy_noise)
+    return lambda: naive.update(batch)
 
 
 def _bound(update: OurUpdate, batch: ReplayBatch) -> Callable[[], None]:
@@ -145,7 +192,7 @@ def measure_adaptation(sizes: Sizes, updates: int, repeats: int) -> dict[str, fl
 
 
 def tables(args: argparse.Namespace) -> list[Table]:
-    """Measure and build Tables 1, 1b and 1c."""
+    """Measure and build Tables 1, 1b and 1c (and 1d with ``--scaling``)."""
     updates = 10 if args.quick else args.updates
     updates += updates % 2
     threads = torch.get_num_threads()
@@ -203,7 +250,23 @@ def tables(args: argparse.Namespace) -> list[Table]:
               "")
     a.add_row("adaptation (Eq. 19)", f"{ADAPTATION_BATCH}", f"{per['eq19']:.1f}", f"{eq19_samples:,.0f}",
               f"{eq19_samples / meta_samples:.2f}x", target_cell(eq19_samples / meta_samples, 1.0, "x"))
-    return [t, g, a]
+    if not args.scaling:
+        return [t, g, a]
+    scaled = measure_scaling(CHEETAH_VEL, updates, args.repeats)
+    d = table(
+        f"1d. Thread scaling: 1 and 2 threads interleaved in one process\n(torch {torch.__version__}, median of "
+        f"{args.repeats} repetitions; {updates} updates per repetition)",
+        ["update", "1 thread (updates/s)", "2 threads (updates/s)", "gain from the 2nd thread"],
+        caption="torch.set_num_threads switched before every repetition; same sizes and updates as Table 1",
+    )
+    for label, key in (("naive PyTorch", "naive"), ("ours, faithful, compiled GRU kernel", "faithful")):
+        one, two = scaled[f"{key} 1"], scaled[f"{key} 2"]
+        d.add_row(label, f"{one:.1f}", f"{two:.1f}", f"{two / one:.2f}x")
+    ratios = [scaled[f"faithful {n}"] / scaled[f"naive {n}"] for n in (1, 2)]
+    d.add_row("ours vs naive", f"{ratios[0]:.2f}x", f"{ratios[1]:.2f}x", "")
+    d.add_row("target", target_cell(ratios[0], target_speedup(1), "x"), target_cell(ratios[1], target_speedup(2), "x"),
+              "")
+    return [t, g, a, d]
 
 
 def _first_use(cold: bool) -> str:
