@@ -7,6 +7,7 @@ directory is on ``sys.path``).
 from __future__ import annotations
 
 import argparse
+import functools
 import inspect
 import statistics
 import time
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from rich.console import Console
 from rich.table import Table
+from torch import nn
 
 from mql_lightning.data.replay import ReplayBatch
 from mql_lightning.modules.agent import TD3Agent
@@ -149,17 +151,26 @@ class OurUpdate:
         shared_context: One encoder for actor and critic instead of the faithful separate ones.
         compiled: The context GRUs' compiled kernel (the default) or the torch implementation.
         seed: Seed of the initial weights and of the target-smoothing noise.
+        encoder: Factory ``(input_dim, hidden_size) -> encoder`` used instead of :class:`ContextEncoder`.
     """
 
     def __init__(
-        self, sizes: Sizes, context: bool = True, shared_context: bool = False, compiled: bool = True, seed: int = 0
+        self,
+        sizes: Sizes,
+        context: bool = True,
+        shared_context: bool = False,
+        compiled: bool = True,
+        seed: int = 0,
+        encoder: Callable[[int, int], nn.Module] | None = None,
     ) -> None:
         torch.manual_seed(seed)
         gru = sizes.gru_hidden
+        if encoder is None:
+            encoder = functools.partial(ContextEncoder, implementation="compiled" if compiled else "torch")
         self.agent = TD3Agent(
             sizes.obs,
             sizes.act,
-            context=(lambda d: ContextEncoder(d, gru, "compiled" if compiled else "torch")) if context else None,
+            context=(lambda d: encoder(d, gru)) if context else None,
             shared_context=shared_context,
             hidden_sizes=sizes.hidden,
             policy_noise=sizes.policy_noise,

@@ -6,7 +6,8 @@ Run: ``python benchmarks/run_all.py [--threads 1] [--repeats 5] [--quick] [--onl
 
 1. ``update_throughput.py``: TD3-context updates/s, ours (faithful and shared encoders, compiled GRU kernel or torch
    GRU) vs a naive implementation; the GRU pass alone; Eq. 19 adaptation updates vs meta-training per sample; with
-   ``--scaling``, both updates at 1 and 2 threads interleaved in one process;
+   ``--scaling``, both updates at 1 and 2 threads interleaved in one process, with the update's bound without its
+   GRU passes;
 2. ``sb3_comparison.py``: plain TD3 updates/s vs Stable-Baselines3 (optional dependency);
 3. ``flops.py``: achieved GFLOP/s of the TD3-context update vs a large matrix product;
 4. ``collection.py``: env steps/s of collection with the policy in the loop vs gymnasium random actions;
